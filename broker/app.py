@@ -1,0 +1,110 @@
+"""The Starlette application: routes, error mapping and the shared Redis client."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import admin, edge
+from .engine import Engine, PoolNotFound
+from .errors import ApiError, error_response
+from .http import json_response
+from .keys import Keys
+from .pools import Pools
+from .redisconn import RedisError, RedisUnavailable, connect
+from .scripts import load_scripts
+from .settings import Settings
+
+log = logging.getLogger("dni")
+
+_OK = b'{"status":"ok"}'
+
+
+async def healthz(request: Request) -> Response:
+    return json_response(_OK)
+
+
+async def readyz(request: Request) -> Response:
+    state = request.app.state
+    try:
+        await state.redis.execute("PING")
+        scripts = list(state.engine.scripts.values())
+        loaded = await state.redis.execute("SCRIPT", "EXISTS", *(s.sha for s in scripts))
+        if not all(loaded):  # flushed since start-up: load them again, then report
+            for script in scripts:
+                await state.redis.execute("SCRIPT", "LOAD", script.body)
+    except (RedisUnavailable, RedisError, OSError) as exc:
+        return error_response(503, "not_ready", f"Redis is not answering: {exc}")
+    return json_response(b'{"status":"ready"}')
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def _pool_not_found(request: Request, exc: Exception) -> Response:
+    return error_response(404, "pool_not_found", str(exc))
+
+
+async def _redis_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("redis unavailable: %s", exc)
+    return error_response(503, "redis_unavailable", "the session store is not reachable")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
+                          str(exc.detail))
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal", "the broker failed to answer; it has been logged")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    if not settings.redis_url:
+        raise SystemExit("DNI_REDIS_URL is not set (dni serve starts an embedded Redis)")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = connect(settings.redis_url, settings.redis_cluster, settings.redis_retry_s)
+        scripts = load_scripts()
+        engine = Engine(redis, Keys(settings.key_prefix), scripts)
+        app.state.settings = settings
+        app.state.redis = redis
+        app.state.engine = engine
+        app.state.pools = Pools(engine, settings.default_region,
+                                settings.default_session_ttl_s, settings.heartbeat_s)
+        try:
+            for script in scripts.values():
+                await redis.execute("SCRIPT", "LOAD", script.body)
+        except (RedisUnavailable, OSError) as exc:
+            log.warning("Redis not reachable at start-up (%s); /readyz will say 503", exc)
+        try:
+            yield
+        finally:
+            await redis.close()
+
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz), *edge.routes, *admin.routes]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: _api_error,
+            PoolNotFound: _pool_not_found,
+            RedisUnavailable: _redis_unavailable,
+            HTTPException: _http_error,
+            Exception: _internal,
+        },
+    )

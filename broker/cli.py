@@ -1,0 +1,66 @@
+"""The `dni` command: `dni serve` runs the HTTP API (on an embedded Redis if need be)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import sys
+
+from .settings import Settings, SettingsError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .embedded import EmbeddedRedis, RedisNotInstalled
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"dni: {exc}", file=sys.stderr)
+        return 2
+    embedded = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(settings.data_dir)
+        try:
+            os.environ["DNI_REDIS_URL"] = embedded.start()
+        except RedisNotInstalled as exc:
+            print(f"dni: {exc}", file=sys.stderr)
+            return 1
+        print(f"dni: embedded Redis at {embedded.url} (data in {embedded.data_dir})",
+              file=sys.stderr)
+    if not settings.admin_token:
+        os.environ["DNI_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+        print(f"dni: DNI_ADMIN_TOKEN not set; admin token for this run: "
+              f"{os.environ['DNI_ADMIN_TOKEN']}", file=sys.stderr)
+    # Stop cleanly (and so stop the embedded Redis) on SIGTERM as on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        uvicorn.run("broker.app:create_app", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level=args.log_level, access_log=False,
+                    server_header=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dni", description="DNI session broker")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the edge and admin HTTP API")
+    serve.add_argument("--host", default=os.environ.get("DNI_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("DNI_PORT", "8000")))
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=_serve)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

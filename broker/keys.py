@@ -1,0 +1,41 @@
+"""Every Redis key name, spelled in this one place.
+
+All keys of one pool carry the pool id as a Cluster hash tag (`dni:{pool}:...`), so every
+script touching one pool runs on one slot. Only validated ids reach here: a pool id has no
+braces, and anything after the first `{...}` cannot change the slot.
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    def __init__(self, prefix: str = "dni") -> None:
+        self.prefix = prefix
+
+    def _p(self, pool_id: str) -> str:
+        return f"{self.prefix}:{{{pool_id}}}"
+
+    def pool(self, pool_id: str) -> str:
+        return self._p(pool_id) + ":pool"
+
+    def numbers(self, pool_id: str) -> str:
+        return self._p(pool_id) + ":numbers"
+
+    def holders(self, pool_id: str) -> str:
+        return self._p(pool_id) + ":holders"
+
+    def visitor(self, pool_id: str, visitor_id: str) -> str:
+        return self._p(pool_id) + ":v:" + visitor_id
+
+    def outbox(self, pool_id: str) -> str:
+        return self._p(pool_id) + ":outbox"
+
+    def pool_index(self) -> str:
+        """Set of all pool ids (admin listing; never used inside a script)."""
+        return f"{self.prefix}:pools"
+
+    def sessions_stream(self) -> str:
+        return f"{self.prefix}:sessions"
+
+    def calls_stream(self) -> str:
+        return f"{self.prefix}:calls"

@@ -1,0 +1,225 @@
+"""Redis access for the broker: one auto-pipelining connection per process.
+
+Every command issued during one event-loop tick is written to the socket in one batch,
+and replies are matched to callers in order (Redis answers in order on a connection).
+Under load this turns thousands of concurrent EVALSHA calls into a few large writes and
+reads, with no lock and no connection pool. Replies are parsed by hiredis.
+
+For a Redis Cluster (`DNI_REDIS_CLUSTER=1`) the broker uses redis-py's cluster client
+instead (`ClusterRedis`), which routes each script by its keys' hash slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+
+from .scripts import Script
+
+
+class RedisError(Exception):
+    """Redis answered an error reply (hiredis builds these)."""
+
+
+class RedisUnavailable(ConnectionError):
+    """Redis could not be reached within the retry budget."""
+
+
+def parse_redis_url(url: str) -> dict[str, Any]:
+    u = urlsplit(url)
+    opts: dict[str, Any] = {
+        "username": unquote(u.username) if u.username else None,
+        "password": unquote(u.password) if u.password else None,
+        "db": 0,
+        "ssl": u.scheme == "rediss",
+    }
+    if u.scheme == "unix":
+        opts["path"] = u.path
+        for part in u.query.split("&"):
+            if part.startswith("db="):
+                opts["db"] = int(part[3:])
+    else:
+        opts["host"] = u.hostname or "localhost"
+        opts["port"] = u.port or 6379
+        if u.path and u.path.strip("/"):
+            opts["db"] = int(u.path.strip("/"))
+    return opts
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(replyError=RedisError)
+        self.pending: deque[asyncio.Future] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.buf: list[bytes] = []  # commands of this tick, written in one batch
+        self.flush_scheduled = False
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def send(self, command: bytes, fut: asyncio.Future) -> None:
+        self.pending.append(fut)
+        self.buf.append(command)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            fut.get_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        buf, self.buf = self.buf, []
+        if self.transport is not None and not self.closed.done():
+            self.transport.write(b"".join(buf))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        pending = self.pending
+        try:
+            while True:
+                reply = self.reader.gets()
+                if reply is False:
+                    return
+                fut = pending.popleft()
+                if fut.done():
+                    continue
+                if isinstance(reply, RedisError):
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+        except hiredis.ProtocolError as exc:  # the stream is unusable: drop it
+            if self.transport:
+                self.transport.abort()
+            self.connection_lost(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        err = RedisUnavailable(f"connection to Redis lost: {exc or 'closed'}")
+        self.buf.clear()
+        while self.pending:
+            fut = self.pending.popleft()
+            if not fut.done():
+                fut.set_exception(err)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class PipelinedRedis:
+    """A single auto-pipelining connection. `await execute(*args)` returns the reply."""
+
+    def __init__(self, url: str, retry_s: float = 3.0) -> None:
+        self.url = url
+        self.opts = parse_redis_url(url)
+        self.retry_s = retry_s
+        self._proto: _Protocol | None = None
+        self._connecting: asyncio.Task | None = None
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        o = self.opts
+        if "path" in o:
+            _, proto = await loop.create_unix_connection(_Protocol, o["path"])
+        else:
+            ctx = ssl.create_default_context() if o["ssl"] else None
+            _, proto = await loop.create_connection(_Protocol, o["host"], o["port"], ssl=ctx)
+            sock = proto.transport.get_extra_info("socket") if proto.transport else None
+            if sock is not None:
+                import socket
+
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        hello: list[tuple] = []
+        if o["password"]:
+            hello.append(("AUTH", o["username"], o["password"]) if o["username"]
+                         else ("AUTH", o["password"]))
+        if o["db"]:
+            hello.append(("SELECT", str(o["db"])))
+        for cmd in hello:
+            fut = loop.create_future()
+            proto.pending.append(fut)
+            proto.transport.write(hiredis.pack_command(cmd))
+            await fut
+        return proto
+
+    async def _connect(self) -> _Protocol:
+        """Connect, retrying for up to `retry_s` seconds (Redis restarting, say)."""
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.05
+        while True:
+            try:
+                proto = await self._open()
+                self._proto = proto
+                return proto
+            except (OSError, RedisError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise RedisUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    async def _ensure(self) -> _Protocol:
+        proto = self._proto
+        if proto is not None and not proto.closed.done():
+            return proto
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect())
+        return await asyncio.shield(self._connecting)
+
+    async def execute(self, *args: Any) -> Any:
+        proto = self._proto
+        if proto is None or proto.closed.done():
+            proto = await self._ensure()
+        fut = asyncio.get_running_loop().create_future()
+        proto.send(hiredis.pack_command(args), fut)
+        return await fut
+
+    async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run a script: EVALSHA, then EVAL on NOSCRIPT; one retry after a lost connection."""
+        for attempt in (0, 1):
+            try:
+                try:
+                    return await self.execute("EVALSHA", script.sha, script.numkeys, *keys, *args)
+                except RedisError as exc:
+                    if not str(exc).startswith("NOSCRIPT"):
+                        raise
+                    return await self.execute("EVAL", script.body, script.numkeys, *keys, *args)
+            except RedisUnavailable:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        proto = self._proto
+        self._proto = None
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+            await asyncio.wait_for(asyncio.shield(proto.closed), 1)
+
+
+class ClusterRedis:
+    """The same interface over redis-py's cluster client (hash-slot routing)."""
+
+    def __init__(self, url: str) -> None:
+        from redis.asyncio.cluster import RedisCluster
+
+        self._client = RedisCluster.from_url(url, decode_responses=False)
+
+    async def execute(self, *args: Any) -> Any:
+        return await self._client.execute_command(*args)
+
+    async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        from redis.exceptions import NoScriptError
+
+        try:
+            return await self._client.evalsha(script.sha, script.numkeys, *keys, *args)
+        except NoScriptError:
+            return await self._client.eval(script.body, script.numkeys, *keys, *args)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def connect(url: str, cluster: bool = False, retry_s: float = 3.0) -> PipelinedRedis | ClusterRedis:
+    return ClusterRedis(url) if cluster else PipelinedRedis(url, retry_s)

@@ -1,0 +1,80 @@
+"""One settings object, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,32}$")
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message says which and why."""
+
+
+def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value} is outside {lo}..{hi}")
+    return value
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use 1 or 0)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    admin_token: str | None = None
+    data_dir: str = "./.dni"
+    key_prefix: str = "dni"
+    default_region: str = "US"
+    max_body_bytes: int = 16384
+    max_admin_body_bytes: int = 1 << 20
+    heartbeat_s: int = 60
+    default_session_ttl_s: int = 1800
+    redis_retry_s: float = 3.0
+    cors_origin: str = "*"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        prefix = env.get("DNI_KEY_PREFIX", "dni")
+        if not _PREFIX_RE.match(prefix):
+            raise SettingsError(
+                f"DNI_KEY_PREFIX={prefix!r} must be 1-32 of A-Z a-z 0-9 _ . : - (no braces)"
+            )
+        url = env.get("DNI_REDIS_URL") or None
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"DNI_REDIS_URL={url!r} must start with redis://, rediss:// or unix://"
+            )
+        region = env.get("DNI_DEFAULT_REGION", "US").upper()
+        if not re.match(r"^[A-Z]{2}$", region):
+            raise SettingsError(f"DNI_DEFAULT_REGION={region!r} is not a two-letter region")
+        return cls(
+            redis_url=url,
+            redis_cluster=_flag(env, "DNI_REDIS_CLUSTER"),
+            admin_token=env.get("DNI_ADMIN_TOKEN") or None,
+            data_dir=env.get("DNI_DATA_DIR") or "./.dni",
+            key_prefix=prefix,
+            default_region=region,
+            max_body_bytes=_int(env, "DNI_MAX_BODY_BYTES", 16384, 1024, 1 << 20),
+            heartbeat_s=_int(env, "DNI_HEARTBEAT_S", 60, 5, 3600),
+            default_session_ttl_s=_int(env, "DNI_SESSION_TTL_S", 1800, 1, 86400),
+        )

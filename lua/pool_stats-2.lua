@@ -1,0 +1,17 @@
+--[[
+pool_stats-2.lua: a consistent snapshot of a pool's size and live sessions.
+
+KEYS[1] pool     hash (must exist)
+KEYS[2] numbers  sorted set: number -> free-from time (epoch ms)
+Returns {numbers, active_sessions, now_ms}, or {-1, -1, now_ms} when the pool does not
+exist. A number is held exactly when its score > now. Cost: O(log n).
+]]
+local pool_key, numbers_key = KEYS[1], KEYS[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', pool_key) == 0 then
+  return {-1, -1, now}
+end
+local total = redis.call('ZCARD', numbers_key)
+local held = redis.call('ZCOUNT', numbers_key, '(' .. now, '+inf')
+return {total, held, now}

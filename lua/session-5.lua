@@ -1,0 +1,90 @@
+--[[
+session-5.lua: give a visitor their tracking number for one pool, atomically.
+
+  reuse   the visitor holds a live lease on a pool number: same number and session id,
+          the lease and the session are refreshed by the pool's session length;
+  assign  otherwise take an available active number (random rank, or the one free the
+          longest under the `lru` policy) and lease it for the session length;
+  fallback/unavailable  otherwise hold nothing and answer with the pool's backup number
+          (or none).
+
+The pool's numbers live in one sorted set scored by the epoch ms at which each number is
+free (its lease's expiry; 0 for a number never leased). A number is available exactly when
+its score <= now, so an expired session returns its number with no background process.
+
+KEYS[1] pool     hash: ttl_ms (session length, ms), fallback (E.164 or ""), policy
+KEYS[2] numbers  sorted set: member = E.164 number, score = free-from time (epoch ms)
+KEYS[3] holders  hash: number -> "session_id|visitor_id|started_ms" of its last lease
+KEYS[4] visitor  hash (key TTL = session expiry): s session_id, n number, t started_ms,
+                 h heartbeats, plus the session's attribution fields
+KEYS[5] outbox   stream of session.started records for the sidecar (same hash slot)
+ARGV[1] session id to use if a new session starts (opaque string, no "|")
+ARGV[2] random non-negative integer (< 2^31) choosing among available numbers
+ARGV[3] visitor id (no "|")
+ARGV[4] pool id
+ARGV[5..] attribution as field, value pairs (written only when a session starts)
+
+Returns {status, number|false, session_id|false, expires_at_ms|false}, status one of
+  "new", "reused", "fallback", "unavailable", "no_pool".
+Writes one outbox entry (event=session.started) for each "new".
+Clock: Redis's TIME, so every broker process shares one clock.
+Cost: O(log n) in the pool's numbers; nothing grows with live sessions.
+]]
+local pool_key, numbers_key, holders_key, visitor_key, outbox_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local new_sid = ARGV[1]
+local rand = tonumber(ARGV[2])
+local visitor_id = ARGV[3]
+local pool_id = ARGV[4]
+
+local cfg = redis.call('HMGET', pool_key, 'ttl_ms', 'fallback', 'policy')
+if not cfg[1] then
+  return {'no_pool', false, false, false}
+end
+local ttl_ms = tonumber(cfg[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expires_at = now + ttl_ms
+
+-- Reuse: the visitor's record is live and its lease on the number is still its own.
+local cur = redis.call('HMGET', visitor_key, 's', 'n', 't')
+if cur[1] then
+  local lease = cur[1] .. '|' .. visitor_id .. '|' .. cur[3]
+  local score = redis.call('ZSCORE', numbers_key, cur[2])
+  if score and tonumber(score) > now and redis.call('HGET', holders_key, cur[2]) == lease then
+    redis.call('ZADD', numbers_key, 'XX', expires_at, cur[2])
+    redis.call('PEXPIRE', visitor_key, ttl_ms)
+    return {'reused', cur[2], cur[1], expires_at}
+  end
+end
+
+-- Assign: available numbers hold ranks 0..k-1 of the set ordered by free-from time.
+local k = redis.call('ZCOUNT', numbers_key, '-inf', now)
+if k == 0 then
+  if cur[1] then redis.call('DEL', visitor_key) end
+  local fallback = cfg[2]
+  if fallback and fallback ~= '' then
+    return {'fallback', fallback, false, false}
+  end
+  return {'unavailable', false, false, false}
+end
+local rank = 0
+if cfg[3] ~= 'lru' then rank = rand % k end
+local number = redis.call('ZRANGE', numbers_key, rank, rank)[1]
+
+redis.call('ZADD', numbers_key, 'XX', expires_at, number)
+redis.call('HSET', holders_key, number, new_sid .. '|' .. visitor_id .. '|' .. now)
+if cur[1] then redis.call('DEL', visitor_key) end
+local fields = {'s', new_sid, 'n', number, 't', now, 'h', 0}
+local entry = {'event', 'session.started', 'pool_id', pool_id, 'session_id', new_sid,
+  'visitor_id', visitor_id, 'number', number, 'started_at', now, 'expires_at', expires_at}
+for i = 5, #ARGV, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  entry[#entry + 1] = ARGV[i]
+  entry[#entry + 1] = ARGV[i + 1]
+end
+redis.call('HSET', visitor_key, unpack(fields))
+redis.call('PEXPIRE', visitor_key, ttl_ms)
+redis.call('XADD', outbox_key, '*', unpack(entry))
+return {'new', number, new_sid, expires_at}
