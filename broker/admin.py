@@ -33,7 +33,7 @@ def _pool_id(request: Request) -> str:
 async def create_pool(request: Request) -> Response:
     _authorize(request)
     state = request.app.state
-    req = decode(await read_body(request, state.settings.max_admin_body_bytes), PoolCreate)
+    req = decode(await read_body(request.scope, request.receive, state.settings.max_admin_body_bytes), PoolCreate)
     return json_response(dumps(await state.pools.create(req)), 201, cors=False)
 
 
@@ -51,7 +51,7 @@ async def add_numbers(request: Request) -> Response:
     _authorize(request)
     state = request.app.state
     pool_id = _pool_id(request)
-    req = decode(await read_body(request, state.settings.max_admin_body_bytes), NumbersAdd)
+    req = decode(await read_body(request.scope, request.receive, state.settings.max_admin_body_bytes), NumbersAdd)
     return json_response(dumps(await state.pools.add_numbers(pool_id, req.numbers)), cors=False)
 
 

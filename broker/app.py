@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from typing import AsyncIterator
 
@@ -11,11 +12,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope
 
 from . import admin, edge
 from .engine import Engine, PoolNotFound
 from .errors import ApiError, error_response
-from .http import json_response
+from .http import Endpoint, json_response
 from .keys import Keys
 from .pools import Pools
 from .redisconn import RedisError, RedisUnavailable, connect
@@ -27,8 +29,9 @@ log = logging.getLogger("dni")
 _OK = b'{"status":"ok"}'
 
 
-async def healthz(request: Request) -> Response:
-    return json_response(_OK)
+async def healthz(scope: Scope, receive: Receive) -> bytes:
+    """200 while the process is up: the constant-body endpoint the edge is measured against."""
+    return _OK
 
 
 async def readyz(request: Request) -> Response:
@@ -91,12 +94,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await redis.execute("SCRIPT", "LOAD", script.body)
         except (RedisUnavailable, OSError) as exc:
             log.warning("Redis not reachable at start-up (%s); /readyz will say 503", exc)
+        # Everything built so far lives as long as the process: keep it out of the cyclic
+        # GC's work, and collect the young generation less often. Requests allocate many
+        # short-lived containers, and gen-0 collections were ~13% of a loaded worker's CPU.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         try:
             yield
         finally:
             await redis.close()
 
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz), *edge.routes, *admin.routes]
+    # The edge routes come first: the router tries routes in order.
+    routes = [*edge.routes, Route("/healthz", Endpoint(healthz), methods=["GET", "HEAD"]),
+              Route("/readyz", readyz), *admin.routes]
     return Starlette(
         routes=routes,
         lifespan=lifespan,

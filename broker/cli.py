@@ -40,7 +40,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run("broker.app:create_app", factory=True, host=args.host, port=args.port,
                     workers=args.workers, log_level=args.log_level, access_log=False,
-                    server_header=False)
+                    server_header=False,
+                    # X-Forwarded-For / Forwarded are honoured only from these addresses.
+                    proxy_headers=bool(settings.trusted_proxies),
+                    forwarded_allow_ips=settings.trusted_proxies or None)
     except KeyboardInterrupt:
         pass
     finally:

@@ -5,44 +5,43 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope
 
 from .errors import CORS_HEADERS
-from .http import json_response, read_body
-from .models import (ATTRIBUTION_FIELDS, HeartbeatRequest, HeartbeatResponse,
-                     SessionRequest, SessionResponse, decode, encoder)
+from .http import Endpoint, header, read_body
+from .models import (Attribution, HeartbeatRequest, HeartbeatResponse, SessionRequest,
+                     SessionResponse, decode, encoder)
 
 MAX_USER_AGENT = 512
 
 
-def attribution_of(req: SessionRequest, request: Request) -> dict[str, str]:
-    """The session's source: the request's fields plus the visitor's IP and user agent."""
-    out = {}
-    for name in ATTRIBUTION_FIELDS:
-        value = getattr(req, name)
-        if value:
-            out[name] = value
-    if request.client is not None:
-        out["ip"] = request.client.host
-    ua = request.headers.get("user-agent")
-    if ua:
-        out["user_agent"] = ua[:MAX_USER_AGENT]
-    return out
+def client_of(scope: Scope) -> tuple[str, str]:
+    """The visitor's IP and user agent.
+
+    The IP is the peer's, or the forwarded one when the peer is a trusted proxy
+    (DNI_TRUSTED_PROXIES, applied by the server before the app sees the request).
+    """
+    client = scope.get("client")
+    ua = header(scope, b"user-agent") or b""
+    return (client[0] if client else ""), ua[:MAX_USER_AGENT].decode("utf-8", "replace")
 
 
-async def session(request: Request) -> Response:
-    state = request.app.state
-    req = decode(await read_body(request, state.settings.max_body_bytes), SessionRequest)
-    res = await state.engine.session(req.pool_id, req.visitor_id, attribution_of(req, request))
-    body = SessionResponse(res.status, res.number, res.session_id, res.expires_at,
-                           state.settings.heartbeat_s)
-    return json_response(encoder.encode(body))
+async def session(scope: Scope, receive: Receive) -> bytes:
+    state = scope["app"].state
+    body = await read_body(scope, receive, state.settings.max_body_bytes)
+    req = decode(body, SessionRequest)
+    source = encoder.encode(decode(body, Attribution))  # only the fields given
+    ip, user_agent = client_of(scope)
+    res = await state.engine.session(req.pool_id, req.visitor_id, ip, user_agent, source)
+    return encoder.encode(SessionResponse(res.status, res.number, res.session_id,
+                                          res.expires_at, state.settings.heartbeat_s))
 
 
-async def heartbeat(request: Request) -> Response:
-    state = request.app.state
-    req = decode(await read_body(request, state.settings.max_body_bytes), HeartbeatRequest)
+async def heartbeat(scope: Scope, receive: Receive) -> bytes:
+    state = scope["app"].state
+    req = decode(await read_body(scope, receive, state.settings.max_body_bytes), HeartbeatRequest)
     res = await state.engine.heartbeat(req.pool_id, req.visitor_id, req.session_id)
-    return json_response(encoder.encode(HeartbeatResponse(res.status, res.number, res.expires_at)))
+    return encoder.encode(HeartbeatResponse(res.status, res.number, res.expires_at))
 
 
 async def preflight(request: Request) -> Response:
@@ -50,8 +49,8 @@ async def preflight(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/dni/session", session, methods=["POST"]),
+    Route("/v1/dni/session", Endpoint(session), methods=["POST"]),
+    Route("/v1/dni/heartbeat", Endpoint(heartbeat), methods=["POST"]),
     Route("/v1/dni/session", preflight, methods=["OPTIONS"]),
-    Route("/v1/dni/heartbeat", heartbeat, methods=["POST"]),
     Route("/v1/dni/heartbeat", preflight, methods=["OPTIONS"]),
 ]

@@ -30,6 +30,12 @@ class Keys:
     def outbox(self, pool_id: str) -> str:
         return self._p(pool_id) + ":outbox"
 
+    def session_keys(self, pool_id: str, visitor_id: str) -> list[str]:
+        """KEYS of session-5.lua (built in one go: this is the hot path)."""
+        p = f"{self.prefix}:{{{pool_id}}}"
+        return [p + ":pool", p + ":numbers", p + ":holders", p + ":v:" + visitor_id,
+                p + ":outbox"]
+
     def pool_index(self) -> str:
         """Set of all pool ids (admin listing; never used inside a script)."""
         return f"{self.prefix}:pools"

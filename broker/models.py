@@ -25,9 +25,9 @@ ATTRIBUTION_FIELDS = (
 )
 
 
-class SessionRequest(Struct):
-    pool_id: PoolId
-    visitor_id: VisitorId
+class Attribution(Struct, omit_defaults=True):
+    """Where the visitor came from: the page's source fields, stored as given."""
+
     landing_page: Url | None = None
     referrer: Url | None = None
     utm_source: Tag | None = None
@@ -38,6 +38,13 @@ class SessionRequest(Struct):
     gclid: Tag | None = None
     fbclid: Tag | None = None
     msclkid: Tag | None = None
+
+
+class SessionRequest(Struct):
+    """The ids of a session request; the same body also decodes as an Attribution."""
+
+    pool_id: PoolId
+    visitor_id: VisitorId
 
 
 class SessionResponse(Struct, omit_defaults=False):

@@ -59,14 +59,16 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf: list[bytes] = []  # commands of this tick, written in one batch
         self.flush_scheduled = False
-        self.closed = asyncio.get_running_loop().create_future()
+        # Cached: on Python 3.11 every get_running_loop() costs a getpid() system call.
+        self.loop = asyncio.get_running_loop()
+        self.closed = self.loop.create_future()
 
     def send(self, command: bytes, fut: asyncio.Future) -> None:
         self.pending.append(fut)
         self.buf.append(command)
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            fut.get_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.flush_scheduled = False
@@ -171,7 +173,7 @@ class PipelinedRedis:
         proto = self._proto
         if proto is None or proto.closed.done():
             proto = await self._ensure()
-        fut = asyncio.get_running_loop().create_future()
+        fut = proto.loop.create_future()
         proto.send(hiredis.pack_command(args), fut)
         return await fut
 

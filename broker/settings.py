@@ -48,7 +48,7 @@ class Settings:
     heartbeat_s: int = 60
     default_session_ttl_s: int = 1800
     redis_retry_s: float = 3.0
-    cors_origin: str = "*"
+    trusted_proxies: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -77,4 +77,5 @@ class Settings:
             max_body_bytes=_int(env, "DNI_MAX_BODY_BYTES", 16384, 1024, 1 << 20),
             heartbeat_s=_int(env, "DNI_HEARTBEAT_S", 60, 5, 3600),
             default_session_ttl_s=_int(env, "DNI_SESSION_TTL_S", 1800, 1, 86400),
+            trusted_proxies=env.get("DNI_TRUSTED_PROXIES", "").strip(),
         )

@@ -16,17 +16,21 @@ KEYS[1] pool     hash: ttl_ms (session length, ms), fallback (E.164 or ""), poli
 KEYS[2] numbers  sorted set: member = E.164 number, score = free-from time (epoch ms)
 KEYS[3] holders  hash: number -> "session_id|visitor_id|started_ms" of its last lease
 KEYS[4] visitor  hash (key TTL = session expiry): s session_id, n number, t started_ms,
-                 h heartbeats, plus the session's attribution fields
+                 h heartbeats, ip, ua (user agent), a (attribution JSON)
 KEYS[5] outbox   stream of session.started records for the sidecar (same hash slot)
 ARGV[1] session id to use if a new session starts (opaque string, no "|")
 ARGV[2] random non-negative integer (< 2^31) choosing among available numbers
 ARGV[3] visitor id (no "|")
 ARGV[4] pool id
-ARGV[5..] attribution as field, value pairs (written only when a session starts)
+ARGV[5] visitor IP ("" if unknown)
+ARGV[6] user agent ("" if unknown)
+ARGV[7] attribution: a JSON object of the page's source fields (utm_*, gclid, ...),
+        stored as given and written only when a session starts (first touch)
 
 Returns {status, number|false, session_id|false, expires_at_ms|false}, status one of
   "new", "reused", "fallback", "unavailable", "no_pool".
-Writes one outbox entry (event=session.started) for each "new".
+Writes one outbox entry (event=session.started, with the attribution JSON) for each
+"new"; the sidecar moves it to the consumers' stream with the fields flattened.
 Clock: Redis's TIME, so every broker process shares one clock.
 Cost: O(log n) in the pool's numbers; nothing grows with live sessions.
 ]]
@@ -36,6 +40,7 @@ local new_sid = ARGV[1]
 local rand = tonumber(ARGV[2])
 local visitor_id = ARGV[3]
 local pool_id = ARGV[4]
+local ip, user_agent, attribution = ARGV[5], ARGV[6], ARGV[7]
 
 local cfg = redis.call('HMGET', pool_key, 'ttl_ms', 'fallback', 'policy')
 if not cfg[1] then
@@ -75,16 +80,10 @@ local number = redis.call('ZRANGE', numbers_key, rank, rank)[1]
 redis.call('ZADD', numbers_key, 'XX', expires_at, number)
 redis.call('HSET', holders_key, number, new_sid .. '|' .. visitor_id .. '|' .. now)
 if cur[1] then redis.call('DEL', visitor_key) end
-local fields = {'s', new_sid, 'n', number, 't', now, 'h', 0}
-local entry = {'event', 'session.started', 'pool_id', pool_id, 'session_id', new_sid,
-  'visitor_id', visitor_id, 'number', number, 'started_at', now, 'expires_at', expires_at}
-for i = 5, #ARGV, 2 do
-  fields[#fields + 1] = ARGV[i]
-  fields[#fields + 1] = ARGV[i + 1]
-  entry[#entry + 1] = ARGV[i]
-  entry[#entry + 1] = ARGV[i + 1]
-end
-redis.call('HSET', visitor_key, unpack(fields))
+redis.call('HSET', visitor_key, 's', new_sid, 'n', number, 't', now, 'h', 0,
+  'ip', ip, 'ua', user_agent, 'a', attribution)
 redis.call('PEXPIRE', visitor_key, ttl_ms)
-redis.call('XADD', outbox_key, '*', unpack(entry))
+redis.call('XADD', outbox_key, '*', 'event', 'session.started', 'pool_id', pool_id,
+  'session_id', new_sid, 'visitor_id', visitor_id, 'number', number, 'started_at', now,
+  'expires_at', expires_at, 'ip', ip, 'user_agent', user_agent, 'attribution', attribution)
 return {'new', number, new_sid, expires_at}

@@ -1,0 +1,1 @@
+"""Load generators and benchmarks for the DNI broker (kept out of tests/)."""

@@ -1,0 +1,152 @@
+"""Shared plumbing for benchmarks: a broker under test, run metadata, wrk runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """`dni serve` in a child process, on the embedded Redis unless a URL is given."""
+
+    def __init__(self, workers: int = 1, redis_url: str | None = None,
+                 token: str = "bench-token") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = token
+        self.tmp = tempfile.mkdtemp(prefix="dni-bench-")
+        env = dict(os.environ, DNI_ADMIN_TOKEN=token, DNI_DATA_DIR=self.tmp)
+        if redis_url:
+            env["DNI_REDIS_URL"] = redis_url
+        else:
+            env.pop("DNI_REDIS_URL", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "serve", "--port", str(self.port),
+             "--workers", str(workers), "--log-level", "warning"],
+            env=env, stderr=subprocess.PIPE, text=True)
+        self.admin = httpx.Client(base_url=self.url, timeout=60,
+                                  headers={"Authorization": f"Bearer {token}"})
+        self.redis_url = redis_url or f"unix://{self.tmp}/redis.sock"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.admin.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dni serve exited: {self.proc.stderr.read()}")
+            time.sleep(0.1)
+        raise RuntimeError("dni serve did not become ready")
+
+    def create_pool(self, size: int, ttl_s: int = 1800, fallback: str | None = "+15550199999",
+                    policy: str = "random", start: int = 0) -> str:
+        numbers = [f"+1555{start + i:07d}" for i in range(size)]
+        r = self.admin.post("/v1/pools", json={"name": "bench", "numbers": numbers[:10000],
+                                                "session_ttl_s": ttl_s, "policy": policy,
+                                                "fallback_number": fallback})
+        r.raise_for_status()
+        pool_id = r.json()["id"]
+        for i in range(10000, size, 10000):
+            self.admin.post(f"/v1/pools/{pool_id}/numbers",
+                            json={"numbers": numbers[i:i + 10000]}).raise_for_status()
+        return pool_id
+
+    def stats(self, pool_id: str) -> dict:
+        return self.admin.get(f"/v1/pools/{pool_id}/stats").json()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "Broker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_wrk(url: str, duration: float, connections: int = 64, threads: int = 2,
+            script: str | None = None, env: dict[str, str] | None = None) -> dict:
+    """Run wrk once; return requests/s, non-2xx count and latency percentiles (ms)."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install wrk")
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(round(duration))}s", "--latency", url]
+    if script:
+        cmd[1:1] = ["-s", script]
+    out = subprocess.run(cmd, env=dict(os.environ, **(env or {})), capture_output=True,
+                         text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "requests": total, "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def metadata(redis_url: str | None = None) -> dict:
+    """What a run ran against: commit, machine, versions, Redis INFO figures."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or None
+    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"],
+                                capture_output=True, text=True).stdout.strip())
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    meta = {
+        "commit": commit, "dirty": dirty, "python": platform.python_version(),
+        "machine": {"cores": os.cpu_count(), "model": model, "platform": platform.platform()},
+        "packages": {p: ver(p) for p in ("dni-broker", "starlette", "uvicorn", "redis",
+                                         "hiredis", "orjson", "msgspec", "uvloop", "httptools")},
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if redis_url:
+        import redis
+
+        info = redis.Redis.from_url(redis_url).info()
+        meta["redis"] = {k: info.get(k) for k in (
+            "redis_version", "used_memory", "used_memory_human", "maxmemory_policy",
+            "aof_enabled", "connected_clients", "instantaneous_ops_per_sec")}
+    return meta
+
+
+def dump(result: dict, path: str | None) -> None:
+    text = json.dumps(result, indent=2)
+    if path:
+        Path(path).write_text(text + "\n")
+    else:
+        print(text)
