@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope
 
-from . import admin, edge
+from . import admin, edge, snippet
 from .engine import Engine, PoolNotFound
 from .errors import ApiError, error_response
 from .http import Endpoint, json_response
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     # The edge routes come first: the router tries routes in order.
     routes = [*edge.routes, Route("/healthz", Endpoint(healthz), methods=["GET", "HEAD"]),
-              Route("/readyz", readyz), *admin.routes]
+              Route("/readyz", readyz), *admin.routes, *snippet.routes]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
