@@ -104,9 +104,7 @@ class Engine:
         return SessionResult(status, _s(number) or None, _s(sid) or None, expires_at or None)
 
     async def heartbeat(self, pool_id: str, visitor_id: str, session_id: str) -> HeartbeatResult:
-        k = self.keys
-        keys = [k.pool(pool_id), k.numbers(pool_id), k.holders(pool_id),
-                k.visitor(pool_id, visitor_id)]
+        keys = self.keys.heartbeat_keys(pool_id, visitor_id)
         status, number, expires_at = await self._run("heartbeat", keys, [session_id, visitor_id])
         status = _s(status)
         if status == "no_pool":

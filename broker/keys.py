@@ -36,6 +36,10 @@ class Keys:
         return [p + ":pool", p + ":numbers", p + ":holders", p + ":v:" + visitor_id,
                 p + ":outbox"]
 
+    def heartbeat_keys(self, pool_id: str, visitor_id: str) -> list[str]:
+        """KEYS of heartbeat-4.lua."""
+        return self.session_keys(pool_id, visitor_id)[:4]
+
     def pool_index(self) -> str:
         """Set of all pool ids (admin listing; never used inside a script)."""
         return f"{self.prefix}:pools"

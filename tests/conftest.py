@@ -85,12 +85,17 @@ class BrokerProcess:
                         **(env or {}))
         self.workers = workers
         self.proc: subprocess.Popen | None = None
+        self.log_path = Path(tempfile.mkdtemp(prefix="dni-test-broker-")) / "broker.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def start(self) -> "BrokerProcess":
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "serve", "--port", str(self.port),
-             "--workers", str(self.workers), "--log-level", "warning"],
-            env=self.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "broker.cli", "serve", "--port", str(self.port),
+                 "--workers", str(self.workers), "--log-level", "warning"],
+                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -99,7 +104,7 @@ class BrokerProcess:
             except httpx.TransportError:
                 pass
             if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stdout.read().decode())
+                raise RuntimeError(self.log())
             time.sleep(0.1)
         raise RuntimeError("dni serve did not become ready")
 

@@ -1,0 +1,102 @@
+"""A synchronous face of the Lua scripts for tests: redis-py (or fakeredis) underneath."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from broker.keys import Keys
+from broker.scripts import load_scripts
+
+SCRIPTS = load_scripts()
+
+
+def _s(v: Any) -> Any:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class Scripts:
+    def __init__(self, client: redis.Redis, prefix: str = "dni") -> None:
+        self.r = client
+        self.keys = Keys(prefix)
+
+    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        script = SCRIPTS[name]
+        script.check(keys)
+        try:
+            return self.r.evalsha(script.sha, script.numkeys, *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return self.r.eval(script.body, script.numkeys, *keys, *args)
+
+    def make_pool(self, pool_id: str, numbers: list[str], ttl_ms: int = 60_000,
+                  fallback: str = "", policy: str = "random") -> None:
+        k = self.keys
+        fields = ["ttl_ms", ttl_ms, "fallback", fallback, "policy", policy, "name", pool_id]
+        assert self.run("create_pool", [k.pool(pool_id), k.numbers(pool_id)],
+                        [len(fields) // 2, *fields, *numbers]) == 1
+
+    def session(self, pool_id: str, visitor_id: str, sid: str, pick: int = 0,
+                ip: str = "127.0.0.1", ua: str = "test", attribution: str = "{}") -> tuple:
+        out = self.run("session", self.keys.session_keys(pool_id, visitor_id),
+                       [sid, pick, visitor_id, pool_id, ip, ua, attribution])
+        return tuple(_s(v) for v in out)
+
+    def heartbeat(self, pool_id: str, visitor_id: str, sid: str) -> tuple:
+        out = self.run("heartbeat", self.keys.heartbeat_keys(pool_id, visitor_id),
+                       [sid, visitor_id])
+        return tuple(_s(v) for v in out)
+
+    def add_numbers(self, pool_id: str, numbers: list[str]) -> int:
+        k = self.keys
+        return self.run("add_numbers", [k.pool(pool_id), k.numbers(pool_id)], numbers)
+
+    def stats(self, pool_id: str) -> tuple[int, int, int]:
+        k = self.keys
+        return tuple(self.run("pool_stats", [k.pool(pool_id), k.numbers(pool_id)], []))
+
+
+# An atomic snapshot of one pool for invariant checks (test-only; never shipped).
+SNAPSHOT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local visitors = {}
+for i = 3, #KEYS do
+  visitors[#visitors + 1] = redis.call('HMGET', KEYS[i], 's', 'n', 't')
+end
+return {now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'),
+        redis.call('HGETALL', KEYS[2]), visitors}
+"""
+
+
+def snapshot(client: redis.Redis, keys: Keys, pool_id: str, visitor_ids: list[str]) -> dict:
+    """{now, scores: {number: free_from}, holders: {number: lease}, live: {visitor: (sid, number)}}
+    read in one atomic step, plus the invariant checks every test wants."""
+    vkeys = [keys.visitor(pool_id, v) for v in visitor_ids]
+    now, zr, hs, vs = client.eval(SNAPSHOT_LUA, 2 + len(vkeys), keys.numbers(pool_id),
+                                  keys.holders(pool_id), *vkeys)
+    scores = {_s(zr[i]): float(zr[i + 1]) for i in range(0, len(zr), 2)}
+    holders = {_s(hs[i]): _s(hs[i + 1]) for i in range(0, len(hs), 2)}
+    live = {}
+    for vid, (sid, number, started) in zip(visitor_ids, vs):
+        if sid is None:
+            continue
+        sid, number, started = _s(sid), _s(number), _s(started)
+        lease = f"{sid}|{vid}|{started}"
+        if number in scores and scores[number] > now and holders.get(number) == lease:
+            live[vid] = (sid, number)
+    return {"now": now, "scores": scores, "holders": holders, "live": live}
+
+
+def check_invariant(snap: dict, active_numbers: set[str]) -> None:
+    """No two live sessions share a number; held numbers are not available;
+    held + available = the pool's active numbers."""
+    now, scores, live = snap["now"], snap["scores"], snap["live"]
+    held_by_sessions = [n for _, n in live.values()]
+    assert len(held_by_sessions) == len(set(held_by_sessions)), f"shared number: {live}"
+    held = {n for n, s in scores.items() if s > now}
+    available = {n for n, s in scores.items() if s <= now}
+    assert not held & available
+    assert held | available == active_numbers == set(scores)
+    # every held number belongs to exactly one live session, and vice versa
+    assert held == set(held_by_sessions), (held, live)

@@ -1,0 +1,178 @@
+"""The edge and admin API through HTTP against a real `dni serve` and Redis."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import numbers
+
+
+def error_of(res: httpx.Response) -> str:
+    body = res.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["message"]
+    return body["error"]["code"]
+
+
+def test_healthz_and_readyz(http):
+    assert http.get("/healthz").json() == {"status": "ok"}
+    assert http.get("/readyz").status_code == 200
+
+
+def test_session_as_json_and_as_text_plain(http, make_pool):
+    pool = make_pool(3, fallback_number="+15550199999")
+    body = {"pool_id": pool["id"], "visitor_id": "v1", "utm_source": "google"}
+    a = http.post("/v1/dni/session", json=body)
+    assert a.status_code == 200
+    got = a.json()
+    assert set(got) == {"status", "number", "session_id", "expires_at", "heartbeat_s"}
+    assert got["status"] == "new" and got["number"] in pool["numbers"]
+    assert got["heartbeat_s"] == 60 and isinstance(got["expires_at"], int)
+    b = http.post("/v1/dni/session", content=orjson.dumps(body),
+                  headers={"content-type": "text/plain;charset=UTF-8"})
+    assert b.json()["status"] == "reused"
+    assert b.json()["session_id"] == got["session_id"] and b.json()["number"] == got["number"]
+    assert a.headers["access-control-allow-origin"] == "*"
+
+
+def test_preflight_answers_cors(http):
+    res = http.options("/v1/dni/session", headers={"Origin": "https://shop.example",
+                                                   "Access-Control-Request-Method": "POST"})
+    assert res.status_code == 204
+    assert res.headers["access-control-allow-origin"] == "*"
+    assert "POST" in res.headers["access-control-allow-methods"]
+
+
+def test_heartbeat_alive_then_expired_for_wrong_session(http, make_pool):
+    pool = make_pool(2)
+    s = http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": "v"}).json()
+    hb = http.post("/v1/dni/heartbeat", json={"pool_id": pool["id"], "visitor_id": "v",
+                                              "session_id": s["session_id"]})
+    assert hb.status_code == 200
+    assert hb.json()["status"] == "alive" and hb.json()["number"] == s["number"]
+    assert hb.json()["expires_at"] >= s["expires_at"]
+    bad = http.post("/v1/dni/heartbeat", json={"pool_id": pool["id"], "visitor_id": "v",
+                                               "session_id": "notmine"})
+    assert bad.json() == {"status": "expired", "number": None, "expires_at": None}
+
+
+def test_fallback_and_unavailable_over_http(http, make_pool):
+    with_backup = make_pool(1, fallback_number="(555) 019-9999")
+    assert with_backup["fallback_number"] == "+15550199999"
+    without = make_pool(0)
+    http.post("/v1/dni/session", json={"pool_id": with_backup["id"], "visitor_id": "a"})
+    fb = http.post("/v1/dni/session", json={"pool_id": with_backup["id"], "visitor_id": "b"})
+    assert fb.json() == {"status": "fallback", "number": "+15550199999", "session_id": None,
+                         "expires_at": None, "heartbeat_s": 60}
+    un = http.post("/v1/dni/session", json={"pool_id": without["id"], "visitor_id": "b"})
+    assert un.json()["status"] == "unavailable" and un.json()["number"] is None
+
+
+@pytest.mark.parametrize("body,status,code", [
+    (b"{", 400, "bad_json"),
+    (b"\xff\xfe", 400, "bad_json"),
+    (b"", 400, "bad_json"),
+    (b"[]", 422, "invalid_body"),
+    (b"{}", 422, "missing_field"),
+    (b'{"pool_id": "p"}', 422, "missing_field"),
+    (b'{"pool_id": "p{x}", "visitor_id": "v"}', 422, "invalid_pool_id"),
+    (b'{"pool_id": "p", "visitor_id": "a{b"}', 422, "invalid_visitor_id"),
+    (b'{"pool_id": "p", "visitor_id": "a|b"}', 422, "invalid_visitor_id"),
+    (b'{"pool_id": "p", "visitor_id": ""}', 422, "invalid_visitor_id"),
+    (b'{"pool_id": "p", "visitor_id": 42}', 422, "invalid_visitor_id"),
+    (b'{"pool_id": "p", "visitor_id": "v", "utm_source": 3}', 422, "invalid_field"),
+    (b'{"pool_id": "p", "visitor_id": "v", "gclid": "' + b"x" * 600 + b'"}', 422, "too_long"),
+    (b'{"pool_id": "nosuchpool", "visitor_id": "v"}', 404, "pool_not_found"),
+])
+def test_bad_session_requests_get_the_error_shape(http, body, status, code):
+    res = http.post("/v1/dni/session", content=body, headers={"content-type": "text/plain"})
+    assert res.status_code == status, res.text
+    assert error_of(res) == code
+    assert res.headers["access-control-allow-origin"] == "*"
+
+
+def test_body_over_the_limit_is_413(http, make_pool):
+    pool = make_pool(1)
+    big = orjson.dumps({"pool_id": pool["id"], "visitor_id": "v", "x": "y" * 20000})
+    res = http.post("/v1/dni/session", content=big, headers={"content-type": "application/json"})
+    assert res.status_code == 413 and error_of(res) == "too_large"
+
+    def chunks():  # no Content-Length: chunked upload must be bounded too
+        for _ in range(40):
+            yield b" " * 1000
+
+    res = http.post("/v1/dni/session", content=chunks(), headers={"content-type": "text/plain"})
+    assert res.status_code == 413 and error_of(res) == "too_large"
+    assert http.get("/healthz").status_code == 200
+
+
+def test_wrong_content_type_method_and_path(http):
+    res = http.post("/v1/dni/session", content=b"a=b",
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert res.status_code == 415 and error_of(res) == "unsupported_media_type"
+    assert error_of(http.get("/v1/dni/session")) == "method_not_allowed"
+    assert error_of(http.get("/nowhere")) == "not_found"
+
+
+def test_admin_requires_the_token(http, broker):
+    assert error_of(http.post("/v1/pools", json={"name": "x"})) == "unauthorized"
+    res = http.get("/v1/pools", headers={"Authorization": "Bearer wrong"})
+    assert res.status_code == 401 and error_of(res) == "unauthorized"
+
+
+def test_create_pool_normalises_numbers_and_defaults(admin):
+    res = admin.post("/v1/pools", json={
+        "name": "Spring campaign", "website_url": "https://plumber.example",
+        "target_number": "555-010-0000", "numbers": ["(555) 010-0001", "+1 555 010 0002",
+                                                    "5550100001"]})
+    assert res.status_code == 201
+    pool = res.json()
+    assert pool["numbers"] == ["+15550100001", "+15550100002"]
+    assert pool["target_number"] == "+15550100000"
+    assert pool["session_ttl_s"] == 1800 and pool["heartbeat_s"] == 60
+    assert pool["fallback_number"] is None and pool["policy"] == "random"
+    assert {"id", "name", "website_url", "call_flow"} <= set(pool)
+    assert admin.get(f"/v1/pools/{pool['id']}").json() == pool
+    assert [p["id"] for p in admin.get("/v1/pools").json()["pools"]] == [pool["id"]]
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"name": "x", "numbers": ["12"]}, "invalid_number"),
+    ({"name": "x", "numbers": ["+1 555 010"]}, "invalid_number"),
+    ({"name": "x", "fallback_number": "not a number"}, "invalid_number"),
+    ({"name": "x", "session_ttl_s": 0}, "invalid_session_ttl"),
+    ({"name": "x", "session_ttl_s": 86401}, "invalid_session_ttl"),
+    ({"name": "x", "policy": "fifo"}, "invalid_policy"),
+    ({"numbers": []}, "missing_field"),
+    ({"name": ""}, "invalid_field"),
+])
+def test_create_pool_rejects_bad_input(admin, body, code):
+    res = admin.post("/v1/pools", json=body)
+    assert res.status_code == 422, res.text
+    assert error_of(res) == code
+    assert admin.get("/v1/pools").json()["pools"] == []  # nothing half-created
+
+
+def test_add_numbers_and_stats(admin, http, make_pool):
+    pool = make_pool(2)
+    res = admin.post(f"/v1/pools/{pool['id']}/numbers",
+                     json={"numbers": ["+15550100002", "555.010.0003"]})
+    assert res.status_code == 200
+    assert res.json()["added"] == 2 and len(res.json()["numbers"]) == 4
+    for v in ("a", "b", "c"):
+        http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": v})
+    stats = admin.get(f"/v1/pools/{pool['id']}/stats").json()
+    assert stats["numbers"] == 4 and stats["active_sessions"] == 3
+    assert stats["utilization"] == 0.75
+    bad = admin.post(f"/v1/pools/{pool['id']}/numbers", json={"numbers": ["nope"]})
+    assert bad.status_code == 422 and error_of(bad) == "invalid_number"
+    assert admin.get(f"/v1/pools/{pool['id']}/stats").json()["numbers"] == 4
+
+
+def test_unknown_pool_on_admin_routes(admin):
+    for res in (admin.get("/v1/pools/nosuch/stats"), admin.get("/v1/pools/nosuch"),
+                admin.post("/v1/pools/nosuch/numbers", json={"numbers": numbers(1)}),
+                admin.get("/v1/pools/bad%7Bid/stats")):
+        assert res.status_code == 404 and error_of(res) == "pool_not_found"

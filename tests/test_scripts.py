@@ -1,0 +1,174 @@
+"""Each Lua script called directly against a real redis-server."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import redis
+from redis.cluster import key_slot
+
+from broker.keys import Keys
+from broker.scripts import load_scripts
+from tests.conftest import numbers
+from tests.scriptclient import Scripts, check_invariant, snapshot
+
+
+@pytest.fixture
+def s(r: redis.Redis) -> Scripts:
+    return Scripts(r)
+
+
+def test_every_script_has_a_header_and_its_key_count_in_the_name():
+    scripts = load_scripts()
+    assert set(scripts) >= {"session", "heartbeat", "add_numbers", "pool_stats", "create_pool"}
+    for script in scripts.values():
+        text = script.body.decode()
+        assert text.startswith("--[["), script.name
+        header = text.split("]]", 1)[0]
+        for i in range(1, script.numkeys + 1):
+            assert f"KEYS[{i}]" in header, (script.name, i)
+        assert "Returns" in header
+        used = {int(i) for i in re.findall(r"KEYS\[(\d+)\]", text)}
+        assert used == set(range(1, script.numkeys + 1)), (script.name, used)
+        assert "SCAN" not in text and "'KEYS'" not in text
+
+
+def test_key_count_is_checked():
+    with pytest.raises(ValueError):
+        load_scripts()["session"].check(["only-one-key"])
+
+
+def test_new_then_reused_then_other_visitor_gets_other_number(s: Scripts, r):
+    s.make_pool("p1", numbers(3), ttl_ms=60_000)
+    status, number, sid, exp = s.session("p1", "alice", "sidA", pick=7)
+    assert status == "new" and sid == "sidA" and number in numbers(3)
+    now_ms = time.time() * 1000
+    assert now_ms + 55_000 < exp < now_ms + 65_000
+    again = s.session("p1", "alice", "ignored", pick=1)
+    assert again[:3] == ("reused", number, "sidA") and again[3] >= exp
+    other = s.session("p1", "bob", "sidB")
+    assert other[0] == "new" and other[1] != number
+    check_invariant(snapshot(r, s.keys, "p1", ["alice", "bob"]), set(numbers(3)))
+
+
+def test_random_pick_covers_every_available_number(s: Scripts):
+    pool = numbers(4)
+    s.make_pool("p1", pool)
+    got = {s.session("p1", f"v{pick}", f"s{pick}", pick=pick)[1] for pick in range(4)}
+    # picks 0..3 on a fresh pool address ranks 0..3: every number exactly once
+    assert got == set(pool)
+
+
+def test_fallback_and_unavailable_hold_nothing(s: Scripts, r):
+    s.make_pool("withbackup", numbers(1), fallback="+15550199999")
+    s.make_pool("nobackup", numbers(1, start=10))
+    assert s.session("withbackup", "a", "s1")[0] == "new"
+    assert s.session("withbackup", "b", "s2") == ("fallback", "+15550199999", None, None)
+    assert s.session("nobackup", "a", "s3")[0] == "new"
+    assert s.session("nobackup", "b", "s4") == ("unavailable", None, None, None)
+    assert not r.exists(s.keys.visitor("withbackup", "b"))
+    assert s.stats("withbackup")[:2] == (1, 1)
+
+
+def test_unknown_pool(s: Scripts):
+    assert s.session("nope", "a", "s")[0] == "no_pool"
+    assert s.heartbeat("nope", "a", "s")[0] == "no_pool"
+    assert s.add_numbers("nope", ["+15550100000"]) == -1
+    assert s.stats("nope")[:2] == (-1, -1)
+
+
+def test_heartbeat_extends_and_counts(s: Scripts, r):
+    s.make_pool("p1", numbers(2), ttl_ms=60_000)
+    _, number, sid, exp = s.session("p1", "a", "sidA")
+    time.sleep(0.01)
+    status, hb_number, hb_exp = s.heartbeat("p1", "a", sid)
+    assert (status, hb_number) == ("alive", number) and hb_exp > exp
+    assert r.hget(s.keys.visitor("p1", "a"), "h") == b"1"
+    assert r.pttl(s.keys.visitor("p1", "a")) > 59_000
+
+
+def test_heartbeat_with_wrong_session_id_is_expired_and_changes_nothing(s: Scripts, r):
+    s.make_pool("p1", numbers(2))
+    _, number, sid, _ = s.session("p1", "a", "sidA")
+    assert s.heartbeat("p1", "a", "someone-elses") == ("expired", None, None)
+    assert s.heartbeat("p1", "b", sid) == ("expired", None, None)
+    assert s.session("p1", "a", "x")[:3] == ("reused", number, sid)
+
+
+def test_expiry_frees_the_number_and_heartbeat_never_revives(s: Scripts, r):
+    s.make_pool("p1", numbers(1), ttl_ms=1000)
+    _, number, sid, _ = s.session("p1", "a", "sidA")
+    assert s.session("p1", "b", "sidB")[0] == "unavailable"
+    time.sleep(1.1)
+    assert s.heartbeat("p1", "a", sid) == ("expired", None, None)
+    # b takes the freed number; a's late heartbeat cannot steal it back
+    assert s.session("p1", "b", "sidB")[:2] == ("new", number)
+    assert s.heartbeat("p1", "a", sid)[0] == "expired"
+    assert s.session("p1", "a", "sidA2")[0] == "unavailable"
+
+
+def test_lease_taken_by_someone_else_is_not_reused(s: Scripts, r):
+    """A visitor record whose number now belongs to another lease starts afresh."""
+    s.make_pool("p1", numbers(2), ttl_ms=60_000)
+    _, number, sid, _ = s.session("p1", "a", "sidA")
+    r.hset(s.keys.holders("p1"), number, "other|x|1")  # as if reassigned
+    status, new_number, new_sid, _ = s.session("p1", "a", "sidA2")
+    assert status == "new" and new_sid == "sidA2" and new_number != number
+    assert s.heartbeat("p1", "a", sid)[0] == "expired"
+
+
+def test_lru_policy_gives_the_number_free_longest(s: Scripts, r):
+    pool = numbers(3)
+    s.make_pool("p1", pool, ttl_ms=60_000, policy="lru")
+    # free-from times: make number 2 the oldest, then 0, then 1
+    r.zadd(s.keys.numbers("p1"), {pool[0]: 200, pool[1]: 300, pool[2]: 100})
+    order = [s.session("p1", f"v{i}", f"s{i}", pick=999)[1] for i in range(3)]
+    assert order == [pool[2], pool[0], pool[1]]
+
+
+def test_add_numbers_is_idempotent_and_keeps_a_held_number_held(s: Scripts, r):
+    s.make_pool("p1", numbers(1))
+    _, number, sid, _ = s.session("p1", "a", "sidA")
+    assert s.add_numbers("p1", [number, "+15550100077"]) == 1
+    assert s.session("p1", "a", "x")[:3] == ("reused", number, sid)
+    assert s.session("p1", "b", "sidB")[:2] == ("new", "+15550100077")
+    assert s.stats("p1")[:2] == (2, 2)
+
+
+def test_new_session_writes_record_and_outbox_in_the_same_step(s: Scripts, r):
+    s.make_pool("p1", numbers(1))
+    attribution = '{"utm_source":"google","gclid":"abc"}'
+    _, number, sid, exp = s.session("p1", "a", "sidA", ip="203.0.113.9", ua="UA/1",
+                                    attribution=attribution)
+    record = {k.decode(): v.decode() for k, v in r.hgetall(s.keys.visitor("p1", "a")).items()}
+    assert record["s"] == sid and record["n"] == number and record["a"] == attribution
+    assert record["ip"] == "203.0.113.9" and record["ua"] == "UA/1"
+    entries = r.xrange(s.keys.outbox("p1"))
+    assert len(entries) == 1
+    fields = {k.decode(): v.decode() for k, v in entries[0][1].items()}
+    assert fields["event"] == "session.started" and fields["session_id"] == sid
+    assert fields["number"] == number and fields["expires_at"] == str(exp)
+    assert fields["attribution"] == attribution and fields["visitor_id"] == "a"
+    # reuse refreshes without a second outbox entry or a change of attribution
+    s.session("p1", "a", "x", attribution='{"utm_source":"bing"}')
+    assert r.xlen(s.keys.outbox("p1")) == 1
+    assert r.hget(s.keys.visitor("p1", "a"), "a").decode() == attribution
+
+
+def test_all_keys_of_a_pool_share_one_cluster_slot():
+    k = Keys("dni")
+    for pool_id in ("p1", "abc-DEF_123", "x" * 64):
+        for visitor in ("v", "a{b}c", "}{", "visitor:with:colons"):
+            slots = {key_slot(key.encode()) for key in k.session_keys(pool_id, visitor)}
+            slots.add(key_slot(k.heartbeat_keys(pool_id, visitor)[3].encode()))
+            assert len(slots) == 1, (pool_id, visitor)
+        assert key_slot(k.pool(pool_id).encode()) == key_slot(pool_id.encode())
+
+
+def test_scripts_run_again_after_script_flush(s: Scripts, r):
+    s.make_pool("p1", numbers(2))
+    assert s.session("p1", "a", "sidA")[0] == "new"
+    r.script_flush()
+    assert s.session("p1", "a", "x")[0] == "reused"  # NOSCRIPT -> EVAL, same result
