@@ -1,0 +1,269 @@
+/*
+ * The DNI tracking snippet: swaps a site's phone number for a tracking number held by
+ * the broker for this visitor, so that a call can be tied back to the visit's source.
+ *
+ * Install (once, site-wide, before </head>):
+ *   <script async src="https://BROKER/snippet.js" data-pools="POOL_ID,POOL_ID"></script>
+ *
+ * Options, as data-* attributes on that tag:
+ *   data-pools       comma-separated pool ids (required)
+ *   data-consent     "page": until window.dni.consent() nothing is read from or stored on
+ *                    the device; numbers are swapped for this page view only.
+ *                    "wait": until window.dni.consent() the snippet does nothing at all.
+ *   data-hide        anti-flicker: hide target numbers for at most this many ms (<= 3000)
+ *                    while the broker answers.
+ *   data-timeout     ms to wait for the broker before keeping the page's number (1500).
+ *   data-heartbeat   seconds between heartbeats, overriding the broker's heartbeat_s.
+ *
+ * API: window.dni.consent() (store the visitor from now on), window.dni.swap() (rescan the
+ * page, e.g. after a single-page app rendered without a DOM the snippet could observe).
+ * Before the snippet loads, a site may queue calls: (window.dni = window.dni || []).push("consent").
+ *
+ * Everything fails open: every failure leaves the page's own number and throws nothing.
+ */
+(() => {
+  const d = document;
+  const w = window;
+  const me = d.currentScript || d.querySelector("script[data-pools]");
+  const queued = w.dni;
+  if (!me || (queued && queued.swap)) return; // no tag, or loaded twice
+
+  const opt = (name) => me.getAttribute("data-" + name);
+  const base = me.src.replace(/\/snippet[^/]*$/, "");
+  const mode = opt("consent"); // null | "page" | "wait"
+  const timeout = +opt("timeout") || 1500;
+  const beatS = +opt("heartbeat");
+  const hideUntil = Date.now() + Math.min(+opt("hide") || 0, 3000);
+  const KEY = "dni";
+  const TAGS = ["utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
+    "gclid", "fbclid", "msclkid"];
+  const LINKS = '[href^="tel:" i],[href^="sms:" i]';
+  const SKIP = "[data-dni-noswap],script,style,noscript,textarea";
+
+  let allowed = !mode; // may the snippet read and write storage?
+  let visitor; // visitor id
+  let source; // attribution fields of this visit
+  let pools = []; // {id, cc, len, seen: [E.164...], to, re, found, asked, hidden, timer, sid}
+  let config; // the promise of the broker's config answer
+  let pendingRun;
+
+  const noop = () => {};
+
+  // GET (no body) or POST; a string body goes as text/plain: a simple request, no preflight.
+  const call = (path, body) => {
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), timeout);
+    return fetch(base + path, body ? {method: "POST", body: JSON.stringify(body), keepalive: true,
+      signal: ctl.signal} : {signal: ctl.signal}).then((res) => {
+      clearTimeout(timer);
+      if (!res.ok) throw 0;
+      return res.json();
+    });
+  };
+
+  // ---- visitor and attribution -------------------------------------------------------
+  const ident = () => {
+    let stored = {};
+    const now = Date.now();
+    const params = new URLSearchParams(location.search);
+    const fresh = {landing_page: location.href.slice(0, 4096)};
+    let tagged;
+    if (d.referrer) fresh.referrer = d.referrer.slice(0, 4096);
+    TAGS.forEach((k) => {
+      const v = params.get(k);
+      if (v) fresh[k] = v.slice(0, 512), tagged = 1;
+    });
+    if (allowed) {
+      try {
+        stored = JSON.parse(localStorage.getItem(KEY)) || {};
+      } catch (e) {}
+      const c = d.cookie.match(/(?:^|;\s*)dni_vid=([^;]+)/);
+      if (!stored.v && c) stored.v = c[1];
+    }
+    if (!/^[\w.:-]{1,128}$/.test(stored.v)) stored.v = 0;
+    visitor = stored.v || visitor ||
+      now.toString(36) + "." + crypto.getRandomValues(new Uint32Array(2)).join("");
+    // A visit's source holds for the session (30 min of inactivity) unless the visitor
+    // comes back through a tagged link.
+    source = !tagged && stored.a && now - stored.t < 18e5 ? stored.a : fresh;
+    if (allowed) {
+      try {
+        localStorage.setItem(KEY, JSON.stringify({v: visitor, a: source, t: now}));
+      } catch (e) {}
+      d.cookie = "dni_vid=" + visitor + ";path=/;max-age=34560000;samesite=lax";
+    }
+  };
+
+  // ---- finding and writing numbers ---------------------------------------------------
+  const digits = (s) => s.replace(/\D/g, "");
+
+  // A number as a pattern: its national digits with up to two separators between any
+  // two of them, after an optional country code (+1, 1-, +1 ) or trunk 0.
+  const pattern = (p, e164) => "(?:\\+?" + p.cc + "[-.\\s]{0,2}|0)?\\(?" +
+    digits(e164).slice(p.cc.length).split("").join("[-.\\s()]{0,2}");
+
+  // Write `to` in the format of `match`: the national digits are replaced from the right,
+  // so separators, brackets and a country code stay where they were.
+  const render = (p, match) => {
+    const nat = digits(p.to).slice(p.cc.length);
+    if (nat.length != p.len) return p.to;
+    let i = nat.length;
+    let out = "";
+    for (let j = match.length; j--;) {
+      const c = match[j];
+      out = (i && c >= "0" && c <= "9" ? nat[--i] : c) + out;
+    }
+    return out;
+  };
+
+  const hide = (p, el) => {
+    if (Date.now() < hideUntil && !el.dniHidden) {
+      p.hidden.push([el, el.style.visibility]);
+      el.dniHidden = 1;
+      el.style.visibility = "hidden";
+    }
+  };
+
+  const unhide = (p) => {
+    p.hidden.forEach(([el, v]) => {
+      el.style.visibility = v;
+      el.dniHidden = 0;
+    });
+    p.hidden = [];
+  };
+
+  // `value` with every number of every pool rewritten (el: the element it belongs to).
+  const rewrite = (value, el) => {
+    pools.forEach((p) => {
+      if (p.re) {
+        value = value.replace(p.re, (m, before, num) => {
+          if (!el || el.closest(SKIP)) return m;
+          if (p.to) return before + render(p, num);
+          p.found = 1; // the target is on the page: a session is worth asking for
+          hide(p, el);
+          return m;
+        });
+      }
+    });
+    return value;
+  };
+
+  const text = (node) => {
+    const v = node.nodeValue;
+    const r = rewrite(v, node.parentElement);
+    if (r != v) node.nodeValue = r;
+  };
+
+  const link = (a) => {
+    const v = a.getAttribute("href");
+    const r = rewrite(v, a);
+    if (r != v) a.setAttribute("href", r);
+  };
+
+  // Scan one subtree (a text node, an element, or the whole document).
+  const scan = (root) => {
+    if (root.nodeType == 3) text(root);
+    else if (root.querySelectorAll) {
+      const walker = d.createTreeWalker(root, 4);
+      let n;
+      while ((n = walker.nextNode())) text(n);
+      if (root.matches && root.matches(LINKS)) link(root);
+      root.querySelectorAll(LINKS).forEach(link);
+    }
+  };
+
+  // ---- sessions ----------------------------------------------------------------------
+  // Show `number` (E.164) wherever the pool's target or an earlier number of ours is.
+  const show = (p, number) => {
+    if (p.seen.indexOf(number) < 0) p.seen.push(number);
+    p.to = number;
+    const others = p.seen.filter((n) => n != number).map((n) => pattern(p, n));
+    p.re = others.length && new RegExp("(^|\\D)(" + others.join("|") + ")(?!\\d)", "g");
+    unhide(p);
+    scan(d);
+  };
+
+  const session = (p) => {
+    p.asked = 1;
+    call("/v1/dni/session", Object.assign({pool_id: p.id, visitor_id: visitor}, source))
+      .then((res) => {
+        clearInterval(p.timer);
+        p.sid = res.session_id;
+        if (p.sid) p.timer = setInterval(() => beat(p), (beatS || res.heartbeat_s || 60) * 1e3);
+        // new, reused, fallback: the number given; unavailable, excluded: the page's own.
+        show(p, res.number || p.seen[0]);
+      })
+      .catch(() => show(p, p.seen[0]));
+  };
+
+  const beat = (p) => {
+    call("/v1/dni/heartbeat", {pool_id: p.id, visitor_id: visitor, session_id: p.sid})
+      .then((res) => {
+        if (res.status == "expired") session(p);
+      })
+      .catch(noop);
+  };
+
+  // Scan the page and ask for a session in each pool whose target has shown up.
+  const run = () => {
+    pendingRun = 0;
+    ident();
+    scan(d);
+    ask();
+  };
+
+  const ask = () => pools.forEach((p) => p.found && !p.asked && session(p));
+
+  const start = () => {
+    if (config) return;
+    config = call("/v1/dni/config?pools=" + (opt("pools") || "").replace(/\s/g, ""))
+      .then((res) => {
+        for (const id in res.pools) {
+          const c = res.pools[id];
+          const t = c.target_number;
+          if (!t) continue;
+          const p = {id, cc: "" + (c.country_code || 1), seen: [t], hidden: []};
+          p.len = digits(t).length - p.cc.length;
+          p.re = new RegExp("(^|\\D)(" + pattern(p, t) + ")(?!\\d)", "g");
+          pools.push(p);
+        }
+        run();
+        // Later content: scan only what was added or changed, never the whole page.
+        new MutationObserver((records) => {
+          records.forEach((m) => m.type == "childList" ? m.addedNodes.forEach(scan) : scan(m.target));
+          ask();
+        }).observe(d.documentElement, {childList: true, subtree: true, characterData: true,
+          attributeFilter: ["href"]});
+        if (d.readyState == "loading") d.addEventListener("DOMContentLoaded", run);
+        // Client-side navigation: one rescan per navigation.
+        const nav = () => pendingRun || (pendingRun = setTimeout(run));
+        ["pushState", "replaceState"].forEach((name) => {
+          const orig = history[name];
+          history[name] = function () {
+            const r = orig.apply(this, arguments);
+            nav();
+            return r;
+          };
+        });
+        w.addEventListener("popstate", nav);
+      })
+      .catch(noop);
+  };
+
+  const api = w.dni = {
+    consent() {
+      allowed = 1;
+      if (config) {
+        // The stored visitor may differ from this page view's: ask again (reused if not).
+        ident();
+        pools.forEach((p) => p.asked && session(p));
+      } else start();
+    },
+    swap() {
+      if (config) run();
+    },
+  };
+
+  if (mode != "wait") start();
+  if (queued && queued.forEach) queued.forEach((name) => api[name] && api[name]());
+})();
