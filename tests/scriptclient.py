@@ -62,7 +62,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local visitors = {}
 for i = 3, #KEYS do
-  visitors[#visitors + 1] = redis.call('HMGET', KEYS[i], 's', 'n', 't')
+  local v = redis.call('HMGET', KEYS[i], 's', 'n', 't')
+  v[4] = redis.call('PTTL', KEYS[i])
+  visitors[#visitors + 1] = v
 end
 return {now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'),
         redis.call('HGETALL', KEYS[2]), visitors}
@@ -70,28 +72,35 @@ return {now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'),
 
 
 def snapshot(client: redis.Redis, keys: Keys, pool_id: str, visitor_ids: list[str]) -> dict:
-    """{now, scores: {number: free_from}, holders: {number: lease}, live: {visitor: (sid, number)}}
-    read in one atomic step, plus the invariant checks every test wants."""
+    """One pool read in one atomic step: {now, scores: {number: free_from},
+    holders: {number: lease}, records: {visitor: (sid, number, pttl_ms)} for every visitor
+    record that exists, live: {visitor: (sid, number)} for those whose lease is valid}."""
     vkeys = [keys.visitor(pool_id, v) for v in visitor_ids]
     now, zr, hs, vs = client.eval(SNAPSHOT_LUA, 2 + len(vkeys), keys.numbers(pool_id),
                                   keys.holders(pool_id), *vkeys)
     scores = {_s(zr[i]): float(zr[i + 1]) for i in range(0, len(zr), 2)}
     holders = {_s(hs[i]): _s(hs[i + 1]) for i in range(0, len(hs), 2)}
-    live = {}
-    for vid, (sid, number, started) in zip(visitor_ids, vs):
+    live, records = {}, {}
+    for vid, (sid, number, started, pttl) in zip(visitor_ids, vs):
         if sid is None:
             continue
         sid, number, started = _s(sid), _s(number), _s(started)
+        records[vid] = (sid, number, pttl)
         lease = f"{sid}|{vid}|{started}"
         if number in scores and scores[number] > now and holders.get(number) == lease:
             live[vid] = (sid, number)
-    return {"now": now, "scores": scores, "holders": holders, "live": live}
+    return {"now": now, "scores": scores, "holders": holders, "live": live,
+            "records": records}
 
 
-def check_invariant(snap: dict, active_numbers: set[str]) -> None:
+def check_invariant(snap: dict, active_numbers: set[str], margin_ms: int = 50) -> None:
     """No two live sessions share a number; held numbers are not available;
-    held + available = the pool's active numbers."""
+    held + available = the pool's active numbers; a visitor record that has more than
+    `margin_ms` to live is a live session (its lease on its number is its own)."""
     now, scores, live = snap["now"], snap["scores"], snap["live"]
+    for vid, (sid, number, pttl) in snap["records"].items():
+        if pttl > margin_ms:
+            assert live.get(vid) == (sid, number), f"record of {vid} without its lease: {snap}"
     held_by_sessions = [n for _, n in live.values()]
     assert len(held_by_sessions) == len(set(held_by_sessions)), f"shared number: {live}"
     held = {n for n, s in scores.items() if s > now}

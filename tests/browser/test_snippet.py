@@ -1,0 +1,407 @@
+"""The tracking snippet in headless Chromium, against a real broker and Redis (issue 5).
+
+Each test is one or more fresh visitors (new browser contexts) on fixture pages served by
+the test's own web server; a test fails if any page raised an uncaught error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable, Iterator
+
+import httpx
+import pytest
+import redis
+
+from tests.browser.conftest import TARGET, Browser, Site, tag
+from tests.conftest import BrokerProcess, free_port
+
+from playwright.sync_api import expect  # noqa: E402  (importorskip ran in conftest)
+
+pytestmark = pytest.mark.browser
+
+# The site's number in every common format, and how each must read after the swap to
+# +15550100007 (same format, national digits replaced).
+FORMATS = ["(555) 010-0000", "555-010-0000", "555.010.0000", "555 010 0000", "5550100000",
+           "+1 555 010 0000", "1-555-010-0000", "+15550100000"]
+NUMBER = "+15550100007"
+
+
+def swapped(fmt: str, last: str = "7") -> str:
+    return fmt[:-1] + last
+
+
+def vkey(pool_id: str, visitor_id: str) -> str:
+    return f"dni:{{{pool_id}}}:v:{visitor_id}"
+
+
+def visitor_id(b: Browser) -> str:
+    return next(c["value"] for c in b.context.cookies() if c["name"] == "dni_vid")
+
+
+def js(broker: BrokerProcess) -> str:
+    return broker.url + "/snippet.js"
+
+
+@pytest.fixture
+def pool(make_pool: Callable[..., dict]) -> dict:
+    """A pool for the site's number with exactly one tracking number, +15550100007."""
+    return make_pool(target_number=TARGET, numbers=[NUMBER])
+
+
+def test_every_format_links_and_noswap(broker: BrokerProcess, pool: dict, fresh_site: Site,
+                                       visitor: Browser) -> None:
+    items = "".join(f"<li id='f{i}'>Call {f} now</li>" for i, f in enumerate(FORMATS))
+    body = f"""
+      <ul>{items}</ul>
+      <p id="multi">555-010-0000 or <b>us</b> at 555.010.0000, or (555) 010-0000!</p>
+      <a id="tel" href="tel:+15550100000">(555) 010-0000</a>
+      <a id="tel2" href="tel:555-010-0000">call</a>
+      <a id="tel3" href="TEL:+1-555-010-0000">call</a>
+      <a id="sms" href="sms:+15550100000?body=Hi%20there">text us</a>
+      <div id="keep" data-dni-noswap>(555) 010-0000 <span id="keep2">555-010-0000</span>
+        <a id="keep3" href="tel:+15550100000">+1 555 010 0000</a></div>
+      <p id="other">(555) 010-0001, 155501000001, order 95550100000, 555-010-00000</p>
+      <textarea id="ta">555-010-0000</textarea>
+      <input id="inp" value="555-010-0000">
+    """
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/formats", body, tag(js(broker), pool["id"])))
+
+    for i, f in enumerate(FORMATS):
+        expect(page.locator(f"#f{i}")).to_have_text(f"Call {swapped(f)} now")
+    expect(page.locator("#multi")).to_have_text(
+        "555-010-0007 or us at 555.010.0007, or (555) 010-0007!")
+    expect(page.locator("#tel")).to_have_text("(555) 010-0007")
+    expect(page.locator("#tel")).to_have_attribute("href", "tel:+15550100007")
+    expect(page.locator("#tel2")).to_have_attribute("href", "tel:555-010-0007")
+    expect(page.locator("#tel3")).to_have_attribute("href", "TEL:+1-555-010-0007")
+    expect(page.locator("#sms")).to_have_attribute("href", "sms:+15550100007?body=Hi%20there")
+    # Untouched: marked elements and their children, other numbers, form fields.
+    expect(page.locator("#keep2")).to_have_text("555-010-0000")
+    assert page.locator("#keep").inner_text().startswith("(555) 010-0000")
+    expect(page.locator("#keep3")).to_have_text("+1 555 010 0000")
+    expect(page.locator("#keep3")).to_have_attribute("href", "tel:+15550100000")
+    expect(page.locator("#other")).to_have_text(
+        "(555) 010-0001, 155501000001, order 95550100000, 555-010-00000")
+    expect(page.locator("#ta")).to_have_value("555-010-0000")
+    expect(page.locator("#inp")).to_have_value("555-010-0000")
+    # One config answer, one session for the whole page.
+    assert len(visitor.posts("/v1/dni/session")) == 1
+
+
+def test_content_added_later_and_history_navigation(broker: BrokerProcess, pool: dict,
+                                                    fresh_site: Site, visitor: Browser) -> None:
+    body = """
+      <p id="static">no number yet</p><div id="later"></div>
+      <script>
+        setTimeout(function () {
+          var p = document.createElement("p");
+          p.id = "added";
+          p.textContent = "Call (555) 010-0000";
+          document.getElementById("later").append(p);
+        }, 700);
+      </script>
+    """
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/spa", body, tag(js(broker), pool["id"])))
+    page.wait_for_timeout(300)
+    assert visitor.posts("/v1/dni/session") == []  # no number on the page: no session
+    expect(page.locator("#added")).to_have_text("Call (555) 010-0007")
+
+    # A text node whose data changes; a subtree added in one go; a client-side route.
+    page.evaluate("""() => {
+      document.getElementById("static").firstChild.data = "now 555.010.0000";
+      const div = document.createElement("div");
+      div.innerHTML = '<section id="lazy"><p>Sales: +1 555 010 0000</p>' +
+                      '<a id="lazylink" href="tel:5550100000">5550100000</a></section>';
+      document.body.append(div);
+      history.pushState({}, "", "/spa/contact");
+      document.getElementById("later").innerHTML = '<h2 id="route">Contact 555 010 0000</h2>';
+    }""")
+    expect(page.locator("#static")).to_have_text("now 555.010.0007")
+    expect(page.locator("#lazy p")).to_have_text("Sales: +1 555 010 0007")
+    expect(page.locator("#lazylink")).to_have_text("5550100007")
+    expect(page.locator("#lazylink")).to_have_attribute("href", "tel:5550100007")
+    expect(page.locator("#route")).to_have_text("Contact 555 010 0007")
+    # The manual re-swap exists and is harmless.
+    page.evaluate("window.dni.swap()")
+    expect(page.locator("#route")).to_have_text("Contact 555 010 0007")
+    assert len(visitor.posts("/v1/dni/session")) == 1
+
+
+def test_second_page_keeps_number_and_first_source(broker: BrokerProcess,
+                                                   make_pool: Callable[..., dict],
+                                                   fresh_site: Site, visitor: Browser,
+                                                   r: redis.Redis) -> None:
+    pool = make_pool(target_number=TARGET, numbers=["+15550100007", "+15550100008",
+                                                    "+15550100009"])
+    head = tag(js(broker), pool["id"])
+    body = '<p id="n">Call 555-010-0000</p><a id="next" href="{next}">next</a>'
+    landing = fresh_site.page("/one", body.format(next="/two"), head) + (
+        "?utm_source=google&utm_medium=cpc&utm_campaign=spring&utm_term=plumber"
+        "&utm_content=ad1&gclid=abc123")
+    fresh_site.page("/two", body.format(next="/three"), head)
+    fresh_site.page("/three", body.format(next="/one"), head)
+
+    page = visitor.new_page()
+    page.goto(landing, referer="http://search.example/?q=plumber")
+    expect(page.locator("#n")).not_to_have_text("Call 555-010-0000")
+    first = page.locator("#n").inner_text()
+    page.click("#next")
+    page.wait_for_url("**/two")
+    page.wait_for_function("() => document.getElementById('n').textContent != 'Call 555-010-0000'")
+    assert page.locator("#n").inner_text() == first
+
+    one, two = visitor.posts("/v1/dni/session")
+    assert one["utm_source"] == "google" and one["gclid"] == "abc123"
+    assert one["referrer"].startswith("http://search.example/")
+    assert two == one  # page two reports page one's source, and the same visitor
+    vid = visitor_id(visitor)
+    assert one["visitor_id"] == vid
+
+    stored = json.loads(r.hget(vkey(pool["id"], vid), "a"))
+    assert stored["utm_source"] == "google" and stored["utm_campaign"] == "spring"
+    assert stored["landing_page"] == landing
+    outbox = r.xrange(f"dni:{{{pool['id']}}}:outbox")
+    assert len(outbox) == 1  # one session for both pages
+
+    # The session ends; the next page of the same visit starts a new one with the same source.
+    r.delete(vkey(pool["id"], vid))
+    page.click("#next")
+    page.wait_for_url("**/three")
+    page.wait_for_function("() => document.getElementById('n').textContent != 'Call 555-010-0000'")
+    stored = json.loads(r.hget(vkey(pool["id"], vid), "a"))
+    assert stored["utm_source"] == "google" and stored["landing_page"] == landing
+    assert len(r.xrange(f"dni:{{{pool['id']}}}:outbox")) == 2
+
+
+def test_tabs_of_one_visitor_share_one_session(broker: BrokerProcess,
+                                               make_pool: Callable[..., dict],
+                                               fresh_site: Site, visitor: Browser,
+                                               r: redis.Redis) -> None:
+    pool = make_pool(target_number=TARGET, numbers=[f"+155501000{i:02d}" for i in range(1, 9)])
+    url = fresh_site.page("/tabs", '<p id="n">555-010-0000</p>', tag(js(broker), pool["id"]))
+    tabs = [visitor.new_page() for _ in range(3)]
+    tabs[0].goto(url)
+    expect(tabs[0].locator("#n")).not_to_have_text("555-010-0000")
+    shown = tabs[0].locator("#n").inner_text()
+    for tab in tabs[1:]:
+        tab.goto(url)
+        expect(tab.locator("#n")).to_have_text(shown)
+    assert len(list(r.scan_iter(f"dni:{{{pool['id']}}}:v:*"))) == 1
+    assert {b["visitor_id"] for b in visitor.posts("/v1/dni/session")} == {visitor_id(visitor)}
+
+
+@pytest.fixture(scope="module")
+def broker5(redis_server: str) -> Iterator[BrokerProcess]:
+    """A second `dni serve` on the same Redis whose heartbeat interval is 5 s (its minimum)."""
+    b = BrokerProcess(redis_server, env={"DNI_HEARTBEAT_S": "5"}).start()
+    yield b
+    b.stop()
+
+
+def test_heartbeats_follow_the_broker_interval(broker5: BrokerProcess, pool: dict,
+                                               fresh_site: Site, visitor: Browser,
+                                               r: redis.Redis) -> None:
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/beat", '<p id="n">555-010-0000</p>',
+                              tag(js(broker5), pool["id"])))
+    expect(page.locator("#n")).to_have_text("555-010-0007")
+    key = vkey(pool["id"], visitor_id(visitor))
+    started = time.monotonic()
+    deadline = started + 9
+    while time.monotonic() < deadline and int(r.hget(key, "h") or 0) < 1:
+        time.sleep(0.2)
+    assert int(r.hget(key, "h") or 0) >= 1, "no heartbeat reached the broker"
+    assert time.monotonic() - started > 3  # at the broker's 5 s, not sooner
+    beat = visitor.posts("/v1/dni/heartbeat")[0]
+    assert beat["pool_id"] == pool["id"] and beat["visitor_id"] == visitor_id(visitor)
+    expect(page.locator("#n")).to_have_text("555-010-0007")
+
+
+def test_expired_session_gets_a_new_number(broker: BrokerProcess,
+                                           make_pool: Callable[..., dict], fresh_site: Site,
+                                           visitor: Browser, r: redis.Redis) -> None:
+    pool = make_pool(target_number=TARGET, numbers=["+15550100007", "+15550100008"])
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/expire", '<p id="n">(555) 010-0000</p><a id="a" '
+                              'href="tel:+15550100000">call</a>',
+                              tag(js(broker), pool["id"], heartbeat="1")))
+    expect(page.locator("#n")).not_to_have_text("(555) 010-0000")
+    first = page.locator("#n").inner_text()
+    # The session ends behind the page's back; the old number stays leased, so the next
+    # session must get the other one.
+    r.delete(vkey(pool["id"], visitor_id(visitor)))
+    expect(page.locator("#n")).not_to_have_text(first, timeout=5000)
+    second = page.locator("#n").inner_text()
+    assert {first, second} == {"(555) 010-0007", "(555) 010-0008"}
+    expect(page.locator("#a")).to_have_attribute("href", "tel:+1" + "".join(
+        c for c in second if c.isdigit()))
+    assert len(visitor.posts("/v1/dni/session")) == 2
+
+
+def test_fallback_number_is_shown(broker: BrokerProcess, make_pool: Callable[..., dict],
+                                  fresh_site: Site, visitor: Browser) -> None:
+    pool = make_pool(target_number=TARGET, numbers=[], fallback_number="+15550100009")
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/fallback", '<p id="n">(555) 010-0000</p>',
+                              tag(js(broker), pool["id"])))
+    expect(page.locator("#n")).to_have_text("(555) 010-0009")
+
+
+def test_pools_are_independent(broker: BrokerProcess, make_pool: Callable[..., dict],
+                               fresh_site: Site, visitor: Browser) -> None:
+    sales = make_pool(target_number=TARGET, numbers=["+15550100007"])
+    support = make_pool(target_number="+15550200000", numbers=["+15550200005"])
+    body = '<p id="a">Sales 555-010-0000</p><p id="b">Support 555-020-0000</p>'
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/two-pools", body,
+                              tag(js(broker), f"{sales['id']}, {support['id']}, nosuchpool")))
+    expect(page.locator("#a")).to_have_text("Sales 555-010-0007")
+    expect(page.locator("#b")).to_have_text("Support 555-020-0005")
+
+
+FAIL_MODES = ["slow", "error", "reset", "garbage", "slowconfig", "status:excluded",
+              "status:unavailable", "down"]
+
+
+def test_fails_open(fresh_site: Site, new_visitor: Callable[[], Browser]) -> None:
+    """Broker slow, failing, unreachable or declining: the page keeps its own number."""
+    fresh_site.config = {"pools": {"p1": {"target_number": TARGET, "country_code": 1,
+                                          "heartbeat_s": 60}}}
+    fresh_site.number = NUMBER  # what a late or declining answer would carry
+    body = '<p id="n">(555) 010-0000</p><a id="a" href="tel:+15550100000">call</a>'
+    pages = {}
+    started = time.monotonic()
+    for mode in FAIL_MODES:
+        if mode == "down":
+            src = f"http://127.0.0.1:{free_port()}/snippet.js"
+        else:
+            src = f"{fresh_site.url}/fake/{mode}/snippet.js"
+        page = new_visitor().new_page()
+        page.goto(fresh_site.page(f"/fail/{mode}", body, tag(src, "p1", hide="500")),
+                  wait_until="domcontentloaded")
+        pages[mode] = page
+    time.sleep(max(0.0, 3.6 - (time.monotonic() - started)))  # past the slow answers
+    for mode, page in pages.items():
+        assert page.locator("#n").inner_text() == "(555) 010-0000", mode
+        assert page.locator("#a").get_attribute("href") == "tel:+15550100000", mode
+        assert page.evaluate("getComputedStyle(document.getElementById('n')).visibility") == \
+            "visible", mode
+    asked = {path.split("/")[2] for method, path, _ in fresh_site.requests
+             if method == "POST" and path.endswith("/v1/dni/session")}
+    assert asked == {m for m in FAIL_MODES if m not in ("slowconfig", "down")}
+
+
+def test_anti_flicker_hides_for_at_most_the_cap(broker: BrokerProcess, pool: dict,
+                                                fresh_site: Site,
+                                                new_visitor: Callable[[], Browser]) -> None:
+    # Samples the number's visibility every 20 ms. (Before the config answer arrives the
+    # snippet cannot know which text to hide: the cap governs the wait for the session.)
+    recorder = """
+      window.__vis = [];
+      setInterval(() => {
+        const el = document.getElementById("n");
+        if (el) window.__vis.push([performance.now(), getComputedStyle(el).visibility,
+                                   el.textContent]);
+      }, 20);
+    """
+    fresh_site.config = {"pools": {"p1": {"target_number": TARGET, "country_code": 1}}}
+    fresh_site.number = NUMBER
+    body = '<p id="n">(555) 010-0000</p>'
+
+    # The broker hangs: the number is hidden at most ~1 s, then shown as it is.
+    slow = new_visitor().new_page()
+    slow.add_init_script(recorder)
+    slow.goto(fresh_site.page("/hide/slow", body, tag(f"{fresh_site.url}/fake/slow/snippet.js",
+                                                      "p1", hide="1000", timeout="2500")))
+    slow.wait_for_timeout(3200)
+    vis = slow.evaluate("window.__vis")
+    hidden = [t for t, v, _ in vis if v == "hidden"]
+    assert hidden, "the number was never hidden"
+    assert hidden[-1] - hidden[0] < 1200
+    assert vis[-1][1:] == ["visible", "(555) 010-0000"]
+
+    # The broker answers: hidden until swapped, then shown swapped.
+    fast = new_visitor().new_page()
+    fast.add_init_script(recorder)
+    fast.goto(fresh_site.page("/hide/real", body, tag(js(broker), pool["id"], hide="1000")))
+    expect(fast.locator("#n")).to_have_text("(555) 010-0007")
+    assert fast.evaluate("getComputedStyle(document.getElementById('n')).visibility") == \
+        "visible"
+
+
+def storage(page: object) -> tuple[str | None, list[str]]:
+    return (page.evaluate("localStorage.getItem('dni')"),  # type: ignore[attr-defined]
+            [c["name"] for c in page.context.cookies()])  # type: ignore[attr-defined]
+
+
+def test_consent_wait_does_nothing_until_consent(broker: BrokerProcess, pool: dict,
+                                                 fresh_site: Site, visitor: Browser) -> None:
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/consent-wait", '<p id="n">555-010-0000</p>',
+                              tag(js(broker), pool["id"], consent="wait")))
+    page.wait_for_timeout(800)
+    assert page.locator("#n").inner_text() == "555-010-0000"
+    assert storage(page) == (None, [])
+    assert [u for _, u, _ in visitor.requests if u.startswith(broker.url + "/v1/")] == []
+    page.evaluate("window.dni.consent()")
+    expect(page.locator("#n")).to_have_text("555-010-0007")
+    stored, cookies = storage(page)
+    assert stored and "dni_vid" in cookies
+
+
+def test_consent_page_swaps_without_storing(broker: BrokerProcess,
+                                            make_pool: Callable[..., dict], fresh_site: Site,
+                                            visitor: Browser, r: redis.Redis) -> None:
+    pool = make_pool(target_number=TARGET, numbers=["+15550100007", "+15550100008"])
+    url = fresh_site.page("/consent-page", '<p id="n">555-010-0000</p>',
+                          tag(js(broker), pool["id"], consent="page"))
+    page = visitor.new_page()
+    page.goto(url)
+    expect(page.locator("#n")).not_to_have_text("555-010-0000")
+    shown = page.locator("#n").inner_text()
+    assert storage(page) == (None, [])
+    page.evaluate("window.dni.consent()")
+    page.wait_for_function("() => localStorage.getItem('dni')")
+    vid = visitor_id(visitor)
+    assert {b["visitor_id"] for b in visitor.posts("/v1/dni/session")} == {vid}
+    # Consented: the next page view is the same visitor, with the same number.
+    page.goto(url)
+    page.evaluate("window.dni.consent()")
+    expect(page.locator("#n")).to_have_text(shown)
+    assert len(list(r.scan_iter(f"dni:{{{pool['id']}}}:v:*"))) == 2  # this page view's own
+    assert r.exists(vkey(pool["id"], vid))
+
+
+def test_consent_queued_before_load(broker: BrokerProcess, pool: dict, fresh_site: Site,
+                                    visitor: Browser) -> None:
+    head = '<script>(window.dni = window.dni || []).push("consent")</script>' + tag(
+        js(broker), pool["id"], consent="wait")
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/consent-queued", '<p id="n">555-010-0000</p>', head))
+    expect(page.locator("#n")).to_have_text("555-010-0007")
+    assert storage(page)[0]
+
+
+def test_pinned_url_with_integrity(broker: BrokerProcess, pool: dict, fresh_site: Site,
+                                   visitor: Browser) -> None:
+    info = httpx.get(broker.url + "/v1/dni/snippet").json()
+    head = (f'<script async src="{info["url"]}" integrity="{info["integrity"]}" '
+            f'crossorigin="anonymous" data-pools="{pool["id"]}"></script>')
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/pinned", '<p id="n">555-010-0000</p>', head))
+    expect(page.locator("#n")).to_have_text("555-010-0007")
+
+
+def test_demo_page(broker: BrokerProcess, pool: dict, visitor: Browser) -> None:
+    page = visitor.new_page()
+    page.goto(f"{broker.url}/demo?pool={pool['id']}")
+    expect(page.locator(".num").first).to_have_text("(555) 010-0007")
+    expect(page.locator(".num").nth(2)).to_have_text("+15550100007")
+    expect(page.locator("a[href^='tel:']")).to_have_attribute("href", "tel:+15550100007")
+    assert "(555) 010-0000" in page.locator("li[data-dni-noswap]").inner_text()
+    page.click("#add")
+    expect(page.locator("#later + li")).to_have_text("Added after load: 5550100007")
