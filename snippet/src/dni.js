@@ -35,6 +35,7 @@
   const beatS = +opt("heartbeat");
   const hideUntil = Date.now() + Math.min(+opt("hide") || 0, 3000);
   const KEY = "dni";
+  const BEAT = "/v1/dni/heartbeat";
   const TAGS = ["utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
     "gclid", "fbclid", "msclkid"];
   const LINKS = '[href^="tel:" i],[href^="sms:" i]';
@@ -43,7 +44,7 @@
   let allowed = !mode; // may the snippet read and write storage?
   let visitor; // visitor id
   let source; // attribution fields of this visit
-  let pools = []; // {id, cc, len, seen: [E.164...], to, re, found, asked, hidden, timer, sid}
+  const pools = []; // {id, cc, len, seen: [E.164...], to, re, found, asked, hidden, timer, sid}
   let config; // the promise of the broker's config answer
   let pendingRun;
 
@@ -53,8 +54,8 @@
   const call = (path, body) => {
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), timeout);
-    return fetch(base + path, body ? {method: "POST", body: JSON.stringify(body), keepalive: true,
-      signal: ctl.signal} : {signal: ctl.signal}).then((res) => {
+    return fetch(base + path, body ? {method: "POST", body: JSON.stringify(body),
+      keepalive: path == BEAT, signal: ctl.signal} : {signal: ctl.signal}).then((res) => {
       clearTimeout(timer);
       if (!res.ok) throw 0;
       return res.json();
@@ -191,13 +192,13 @@
         p.sid = res.session_id;
         if (p.sid) p.timer = setInterval(() => beat(p), (beatS || res.heartbeat_s || 60) * 1e3);
         // new, reused, fallback: the number given; unavailable, excluded: the page's own.
-        show(p, res.number || p.seen[0]);
+        show(p, /^(new|reused|fallback)$/.test(res.status) && res.number || p.seen[0]);
       })
       .catch(() => show(p, p.seen[0]));
   };
 
   const beat = (p) => {
-    call("/v1/dni/heartbeat", {pool_id: p.id, visitor_id: visitor, session_id: p.sid})
+    call(BEAT, {pool_id: p.id, visitor_id: visitor, session_id: p.sid})
       .then((res) => {
         if (res.status == "expired") session(p);
       })
@@ -264,6 +265,8 @@
     },
   };
 
+  // Anti-flicker cap: whatever is still hidden then is shown as it is.
+  setTimeout(() => pools.forEach(unhide), hideUntil - Date.now());
   if (mode != "wait") start();
   if (queued && queued.forEach) queued.forEach((name) => api[name] && api[name]());
 })();

@@ -166,10 +166,19 @@ class Browser:
         page.on("request", lambda req: self.requests.append((req.method, req.url, req.post_data)))
         return page
 
-    def posts(self, path: str) -> list[dict]:
-        """Bodies of the POSTs this visitor sent to `path` (e.g. /v1/dni/session)."""
-        return [json.loads(body or "{}") for method, url, body in self.requests
-                if method == "POST" and urlsplit(url).path.endswith(path)]
+    def posts(self, path: str, at_least: int = 0) -> list[dict]:
+        """Bodies of the POSTs this visitor sent to `path` (e.g. /v1/dni/session).
+
+        Request events can reach the test after the page has already used the answer:
+        with `at_least`, wait (up to 5 s) until that many have arrived.
+        """
+        deadline = time.monotonic() + 5
+        while True:
+            found = [json.loads(body or "{}") for method, url, body in self.requests
+                     if method == "POST" and urlsplit(url).path.endswith(path)]
+            if len(found) >= at_least or time.monotonic() > deadline:
+                return found
+            self.context.pages[-1].wait_for_timeout(50)  # lets Playwright deliver events
 
 
 @pytest.fixture

