@@ -37,12 +37,10 @@ async def healthz(scope: Scope, receive: Receive) -> bytes:
 async def readyz(request: Request) -> Response:
     state = request.app.state
     try:
-        await state.redis.execute("PING")
         scripts = list(state.engine.scripts.values())
-        loaded = await state.redis.execute("SCRIPT", "EXISTS", *(s.sha for s in scripts))
-        if not all(loaded):  # flushed since start-up: load them again, then report
-            for script in scripts:
-                await state.redis.execute("SCRIPT", "LOAD", script.body)
+        if not await state.redis.scripts_loaded(scripts):
+            # flushed since start-up (or Redis restarted empty): load them again
+            await state.redis.load_scripts(scripts)
     except (RedisUnavailable, RedisError, OSError) as exc:
         return error_response(503, "not_ready", f"Redis is not answering: {exc}")
     return json_response(b'{"status":"ready"}')
@@ -90,8 +88,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.pools = Pools(engine, settings.default_region,
                                 settings.default_session_ttl_s, settings.heartbeat_s)
         try:
-            for script in scripts.values():
-                await redis.execute("SCRIPT", "LOAD", script.body)
+            await redis.load_scripts(list(scripts.values()))
         except (RedisUnavailable, OSError) as exc:
             log.warning("Redis not reachable at start-up (%s); /readyz will say 503", exc)
         # Everything built so far lives as long as the process: keep it out of the cyclic

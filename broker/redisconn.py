@@ -192,6 +192,13 @@ class PipelinedRedis:
                     raise
         raise AssertionError("unreachable")
 
+    async def load_scripts(self, scripts: list[Script]) -> None:
+        for script in scripts:
+            await self.execute("SCRIPT", "LOAD", script.body)
+
+    async def scripts_loaded(self, scripts: list[Script]) -> bool:
+        return all(await self.execute("SCRIPT", "EXISTS", *(s.sha for s in scripts)))
+
     async def close(self) -> None:
         proto = self._proto
         self._proto = None
@@ -206,9 +213,20 @@ class ClusterRedis:
     def __init__(self, url: str) -> None:
         from redis.asyncio.cluster import RedisCluster
 
-        self._client = RedisCluster.from_url(url, decode_responses=False)
+        self._client = RedisCluster.from_url(url, decode_responses=False, protocol=2)
+        self._ready = False
+
+    async def _init(self) -> None:
+        if not self._ready:
+            await self._client.initialize()
+            # Raw replies, as the single-node client gives (no dicts/sets/decoding).
+            for node in self._client.get_nodes():
+                node.response_callbacks = {}
+            self._client.response_callbacks = {}
+            self._ready = True
 
     async def execute(self, *args: Any) -> Any:
+        await self._init()
         return await self._client.execute_command(*args)
 
     async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
@@ -218,6 +236,22 @@ class ClusterRedis:
             return await self._client.evalsha(script.sha, script.numkeys, *keys, *args)
         except NoScriptError:
             return await self._client.eval(script.body, script.numkeys, *keys, *args)
+
+    async def load_scripts(self, scripts: list[Script]) -> None:
+        await self._init()
+        for node in self._client.get_primaries():
+            for script in scripts:
+                await self._client.execute_command("SCRIPT", "LOAD", script.body,
+                                                   target_nodes=node)
+
+    async def scripts_loaded(self, scripts: list[Script]) -> bool:
+        await self._init()
+        for node in self._client.get_primaries():
+            found = await self._client.execute_command(
+                "SCRIPT", "EXISTS", *(s.sha for s in scripts), target_nodes=node)
+            if not all(found):
+                return False
+        return True
 
     async def close(self) -> None:
         await self._client.aclose()

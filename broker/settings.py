@@ -78,4 +78,5 @@ class Settings:
             heartbeat_s=_int(env, "DNI_HEARTBEAT_S", 60, 5, 3600),
             default_session_ttl_s=_int(env, "DNI_SESSION_TTL_S", 1800, 1, 86400),
             trusted_proxies=env.get("DNI_TRUSTED_PROXIES", "").strip(),
+            redis_retry_s=_int(env, "DNI_REDIS_RETRY_MS", 3000, 0, 60000) / 1000,
         )

@@ -1,0 +1,101 @@
+"""`dni serve`: the embedded Redis, its settings and its shutdown; clear start-up errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import ROOT, free_port
+
+
+def _serve(env: dict[str, str], port: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "broker.cli", "serve", "--port", str(port)],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError("not ready")
+
+
+@pytest.mark.slow
+def test_serve_starts_and_stops_an_embedded_redis(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DNI_")}
+    env.update(DNI_DATA_DIR=str(tmp_path / "data"), DNI_ADMIN_TOKEN="tok")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(env, port)
+    try:
+        _wait_ready(url, proc)
+        sock = tmp_path / "data" / "redis.sock"
+        assert sock.exists()
+        client = redis.Redis(unix_socket_path=str(sock))
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("dir")["dir"] == str(tmp_path / "data")
+        admin = {"Authorization": "Bearer tok"}
+        pool = httpx.post(url + "/v1/pools", headers=admin,
+                          json={"name": "e", "numbers": ["+15550100001"]}).json()
+        got = httpx.post(url + "/v1/dni/session",
+                         json={"pool_id": pool["id"], "visitor_id": "v"}).json()
+        assert got["status"] == "new"
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "embedded Redis" in err
+    assert not (tmp_path / "data" / "redis.sock").exists()  # the child Redis is gone
+    assert list((tmp_path / "data" / "appendonlydir").iterdir())  # AOF files on disk
+
+    # the data survives a restart of `dni serve` on the same data dir
+    proc = _serve(env, port)
+    try:
+        _wait_ready(url, proc)
+        again = httpx.post(url + "/v1/dni/session",
+                           json={"pool_id": pool["id"], "visitor_id": "v"}).json()
+        assert again["status"] == "reused" and again["session_id"] == got["session_id"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+
+
+def test_serve_without_redis_server_says_how_to_install(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DNI_")}
+    env.update(DNI_DATA_DIR=str(tmp_path), PATH=str(Path(sys.executable).parent))
+    proc = subprocess.run([sys.executable, "-m", "broker.cli", "serve"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "apt-get install redis-server" in lines[0]
+
+
+@pytest.mark.parametrize("name,value,words", [
+    ("DNI_REDIS_URL", "http://x", "must start with redis://"),
+    ("DNI_KEY_PREFIX", "a{b}", "DNI_KEY_PREFIX"),
+    ("DNI_HEARTBEAT_S", "soon", "not a whole number"),
+    ("DNI_REDIS_CLUSTER", "maybe", "not a boolean"),
+])
+def test_bad_settings_give_a_one_line_error(name, value, words):
+    env = dict(os.environ, **{name: value})
+    proc = subprocess.run([sys.executable, "-m", "broker.cli", "serve"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,113 @@
+"""A script cache flush or a Redis restart mid-run costs no failed request."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import ADMIN_TOKEN, BrokerProcess, free_port, numbers, start_redis, stop
+
+
+async def _load_while(url: str, pool_id: str, requests: int, clients: int,
+                      disturb, every_s: float) -> list[int]:
+    statuses: list[int] = []
+    done = asyncio.Event()
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        async def worker(w: int) -> None:
+            for i in range(requests // clients):
+                res = await client.post("/v1/dni/session", json={
+                    "pool_id": pool_id, "visitor_id": f"w{w}-{i % 7}"})
+                statuses.append(res.status_code)
+
+        async def disturber() -> None:
+            while not done.is_set():
+                await asyncio.sleep(every_s)
+                await asyncio.to_thread(disturb)
+
+        d = asyncio.create_task(disturber())
+        await asyncio.gather(*(worker(w) for w in range(clients)))
+        done.set()
+        await d
+    return statuses
+
+
+@pytest.mark.slow
+def test_script_flush_mid_run_costs_no_request(broker, make_pool, r: redis.Redis):
+    pool = make_pool(500)
+    flushes = []
+
+    def flush() -> None:
+        r.script_flush()
+        flushes.append(1)
+
+    statuses = asyncio.run(_load_while(broker.url, pool["id"], 3000, 64, flush, 0.05))
+    assert len(flushes) >= 3
+    assert statuses.count(200) == len(statuses) == 3000 // 64 * 64
+
+
+@pytest.mark.slow
+def test_redis_restart_mid_run_costs_no_request():
+    """Redis restarts (AOF on, so the pool survives); requests wait for it and succeed."""
+    tmp = tempfile.mkdtemp(prefix="dni-test-restart-")
+    port = free_port()
+    aof = ("--appendonly", "yes", "--appendfsync", "always")
+    server = start_redis(tmp, port, *aof)
+    broker = BrokerProcess(f"redis://127.0.0.1:{port}/0").start()
+    restarts = []
+    try:
+        admin = httpx.Client(base_url=broker.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        pool = admin.post("/v1/pools", json={"name": "r", "numbers": numbers(200)}).json()
+
+        def restart() -> None:
+            nonlocal server
+            if restarts:
+                return
+            stop(server)  # SIGTERM: Redis writes its AOF and exits
+            server = start_redis(tmp, port, *aof)
+            restarts.append(1)
+
+        statuses = asyncio.run(_load_while(broker.url, pool["id"], 1280, 32, restart, 0.3))
+        assert restarts == [1]
+        assert statuses.count(200) == len(statuses) == 1280
+        assert admin.get("/readyz").status_code == 200
+        admin.close()
+    finally:
+        broker.stop()
+        stop(server)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_readyz_is_503_when_redis_is_down():
+    port = free_port()  # nothing listens there
+    broker = BrokerProcess(f"redis://127.0.0.1:{port}/0")
+    broker.env["DNI_REDIS_RETRY_MS"] = "200"
+    with open(broker.log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "serve", "--port",
+                                 str(broker.port)], env=broker.env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                health = httpx.get(broker.url + "/healthz")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, broker.log()
+                time.sleep(0.1)
+        assert health.status_code == 200
+        ready = httpx.get(broker.url + "/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
+        res = httpx.post(broker.url + "/v1/dni/session", timeout=10,
+                         json={"pool_id": "p", "visitor_id": "v"})
+        assert res.status_code == 503 and res.json()["error"]["code"] == "redis_unavailable"
+    finally:
+        stop(proc)
