@@ -49,6 +49,12 @@
   let pendingRun;
 
   const noop = () => {};
+  // Callbacks the page's event loop runs (timers, observers, the API) never throw.
+  const safe = (fn) => function () {
+    try {
+      return fn.apply(this, arguments);
+    } catch (e) {}
+  };
 
   // GET (no body) or POST; a string body goes as text/plain: a simple request, no preflight.
   const call = (path, body) => {
@@ -75,11 +81,12 @@
       if (v) fresh[k] = v.slice(0, 512), tagged = 1;
     });
     if (allowed) {
-      try {
+      try { // storage and cookies may be off, or throw (sandboxed frames)
         stored = JSON.parse(localStorage.getItem(KEY)) || {};
       } catch (e) {}
-      const c = d.cookie.match(/(?:^|;\s*)dni_vid=([^;]+)/);
-      if (!stored.v && c) stored.v = c[1];
+      try {
+        stored.v = stored.v || d.cookie.match(/(?:^|;\s*)dni_vid=([^;]+)/)[1];
+      } catch (e) {}
     }
     if (!/^[\w.:-]{1,128}$/.test(stored.v)) stored.v = 0;
     visitor = stored.v || visitor ||
@@ -89,9 +96,9 @@
     source = !tagged && stored.a && now - stored.t < 18e5 ? stored.a : fresh;
     if (allowed) {
       try {
+        d.cookie = "dni_vid=" + visitor + ";path=/;max-age=34560000;samesite=lax";
         localStorage.setItem(KEY, JSON.stringify({v: visitor, a: source, t: now}));
       } catch (e) {}
-      d.cookie = "dni_vid=" + visitor + ";path=/;max-age=34560000;samesite=lax";
     }
   };
 
@@ -118,7 +125,7 @@
   };
 
   const hide = (p, el) => {
-    if (Date.now() < hideUntil && !el.dniHidden) {
+    if (Date.now() < hideUntil && el.style && !el.dniHidden) {
       p.hidden.push([el, el.style.visibility]);
       el.dniHidden = 1;
       el.style.visibility = "hidden";
@@ -194,28 +201,29 @@
         // new, reused, fallback: the number given; unavailable, excluded: the page's own.
         show(p, /^(new|reused|fallback)$/.test(res.status) && res.number || p.seen[0]);
       })
-      .catch(() => show(p, p.seen[0]));
+      .catch(() => show(p, p.seen[0]))
+      .catch(noop);
   };
 
-  const beat = (p) => {
+  const beat = safe((p) => {
     call(BEAT, {pool_id: p.id, visitor_id: visitor, session_id: p.sid})
       .then((res) => {
         if (res.status == "expired") session(p);
       })
       .catch(noop);
-  };
+  });
 
   // Scan the page and ask for a session in each pool whose target has shown up.
-  const run = () => {
+  const run = safe(() => {
     pendingRun = 0;
     ident();
     scan(d);
     ask();
-  };
+  });
 
   const ask = () => pools.forEach((p) => p.found && !p.asked && session(p));
 
-  const start = () => {
+  const start = safe(() => {
     if (config) return;
     config = call("/v1/dni/config?pools=" + (opt("pools") || "").replace(/\s/g, ""))
       .then((res) => {
@@ -230,10 +238,10 @@
         }
         run();
         // Later content: scan only what was added or changed, never the whole page.
-        new MutationObserver((records) => {
+        new MutationObserver(safe((records) => {
           records.forEach((m) => m.type == "childList" ? m.addedNodes.forEach(scan) : scan(m.target));
           ask();
-        }).observe(d.documentElement, {childList: true, subtree: true, characterData: true,
+        })).observe(d.documentElement, {childList: true, subtree: true, characterData: true,
           attributeFilter: ["href"]});
         if (d.readyState == "loading") d.addEventListener("DOMContentLoaded", run);
         // Client-side navigation: one rescan per navigation.
@@ -247,26 +255,26 @@
           };
         });
         w.addEventListener("popstate", nav);
+        // Back from the back/forward cache: timers were frozen, check the session now.
+        w.addEventListener("pageshow", (e) => e.persisted && pools.forEach((p) => p.sid && beat(p)));
       })
       .catch(noop);
-  };
+  });
 
   const api = w.dni = {
-    consent() {
+    consent: safe(() => {
       allowed = 1;
       if (config) {
         // The stored visitor may differ from this page view's: ask again (reused if not).
         ident();
         pools.forEach((p) => p.asked && session(p));
       } else start();
-    },
-    swap() {
-      if (config) run();
-    },
+    }),
+    swap: () => config && run(),
   };
 
   // Anti-flicker cap: whatever is still hidden then is shown as it is.
-  setTimeout(() => pools.forEach(unhide), hideUntil - Date.now());
+  setTimeout(safe(() => pools.forEach(unhide)), hideUntil - Date.now());
   if (mode != "wait") start();
   if (queued && queued.forEach) queued.forEach((name) => api[name] && api[name]());
 })();
