@@ -403,3 +403,17 @@ def test_demo_page(broker: BrokerProcess, pool: dict, visitor: Browser) -> None:
     assert "(555) 010-0000" in page.locator("li[data-dni-noswap]").inner_text()
     page.click("#add")
     expect(page.locator("#later + li")).to_have_text("Added after load: 5550100007")
+
+
+def test_storage_blocked_still_swaps(broker: BrokerProcess, pool: dict, fresh_site: Site,
+                                     visitor: Browser) -> None:
+    """localStorage and cookies that throw (privacy modes, sandboxed frames): the snippet
+    swaps with a visitor id for this page view and raises nothing."""
+    page = visitor.new_page()
+    page.add_init_script("""
+      Object.defineProperty(window, "localStorage", {get() { throw new Error("blocked"); }});
+      Object.defineProperty(Document.prototype, "cookie",
+                            {get() { throw new Error("blocked"); }, set() { throw new Error("blocked"); }});
+    """)
+    page.goto(fresh_site.page("/blocked", '<p id="n">555-010-0000</p>', tag(js(broker), pool["id"])))
+    expect(page.locator("#n")).to_have_text("555-010-0007")
