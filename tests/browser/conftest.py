@@ -123,8 +123,11 @@ class Site:
         self.server.server_close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
+    """One Chromium per test module. Not per session: while Playwright's sync API is
+    started it keeps an event loop running on this thread, and later asyncio.run() calls
+    (other suites) would fail."""
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         pytest.fail("Debian's chromium is not installed (apt-get install -y chromium)")
     if not BUILT.exists():
