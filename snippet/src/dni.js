@@ -192,16 +192,19 @@
   };
 
   const session = (p) => {
-    p.asked = 1;
+    // Counts the requests: only the answer to the latest one is used (after consent the
+    // visitor can change while a request for the page view's visitor is on its way).
+    const n = p.asked = (p.asked || 0) + 1;
     call("/v1/dni/session", Object.assign({pool_id: p.id, visitor_id: visitor}, source))
       .then((res) => {
+        if (n != p.asked) return;
         clearInterval(p.timer);
         p.sid = res.session_id;
         if (p.sid) p.timer = setInterval(() => beat(p), (beatS || res.heartbeat_s || 60) * 1e3);
         // new, reused, fallback: the number given; unavailable, excluded: the page's own.
         show(p, /^(new|reused|fallback)$/.test(res.status) && res.number || p.seen[0]);
       })
-      .catch(() => show(p, p.seen[0]))
+      .catch(() => n == p.asked && show(p, p.seen[0]))
       .catch(noop);
   };
 
