@@ -105,7 +105,7 @@ class Engine:
 
     async def heartbeat(self, pool_id: str, visitor_id: str, session_id: str) -> HeartbeatResult:
         keys = self.keys.heartbeat_keys(pool_id, visitor_id)
-        status, number, expires_at = await self._run("heartbeat", keys, [session_id, visitor_id])
+        status, number, expires_at = await self._run("heartbeat", keys, [session_id])
         status = _s(status)
         if status == "no_pool":
             raise PoolNotFound(pool_id)

@@ -37,8 +37,9 @@ class Keys:
                 p + ":outbox"]
 
     def heartbeat_keys(self, pool_id: str, visitor_id: str) -> list[str]:
-        """KEYS of heartbeat-4.lua."""
-        return self.session_keys(pool_id, visitor_id)[:4]
+        """KEYS of heartbeat-3.lua."""
+        p = f"{self.prefix}:{{{pool_id}}}"
+        return [p + ":pool", p + ":numbers", p + ":v:" + visitor_id]
 
     def pool_index(self) -> str:
         """Set of all pool ids (admin listing; never used inside a script)."""

@@ -15,8 +15,10 @@ its score <= now, so an expired session returns its number with no background pr
 KEYS[1] pool     hash: ttl_ms (session length, ms), fallback (E.164 or ""), policy
 KEYS[2] numbers  sorted set: member = E.164 number, score = free-from time (epoch ms)
 KEYS[3] holders  hash: number -> "session_id|visitor_id|started_ms" of its last lease
-KEYS[4] visitor  hash (key TTL = session expiry): s session_id, n number, t started_ms,
-                 h heartbeats, ip, ua (user agent), a (attribution JSON)
+KEYS[4] visitor  hash, the session itself: s session_id, n number, t started_ms,
+                 h heartbeats, ip, ua (user agent), a (attribution JSON). Its key TTL
+                 ends 1 ms before the lease, so the record exists only while its lease
+                 holds; whatever takes a number away early deletes the record with it.
 KEYS[5] outbox   stream of session.started records for the sidecar (same hash slot)
 ARGV[1] session id to use if a new session starts (opaque string, no "|")
 ARGV[2] random non-negative integer (< 2^31) choosing among available numbers
@@ -51,22 +53,19 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expires_at = now + ttl_ms
 
--- Reuse: the visitor's record is live and its lease on the number is still its own.
-local cur = redis.call('HMGET', visitor_key, 's', 'n', 't')
+-- Reuse: a visitor record exists only while its lease holds (its key TTL ends 1 ms
+-- before the lease, and whatever takes a number away early deletes the record), so the
+-- number it names is still its own.
+local cur = redis.call('HMGET', visitor_key, 's', 'n')
 if cur[1] then
-  local lease = cur[1] .. '|' .. visitor_id .. '|' .. cur[3]
-  local score = redis.call('ZSCORE', numbers_key, cur[2])
-  if score and tonumber(score) > now and redis.call('HGET', holders_key, cur[2]) == lease then
-    redis.call('ZADD', numbers_key, 'XX', expires_at, cur[2])
-    redis.call('PEXPIRE', visitor_key, ttl_ms)
-    return {'reused', cur[2], cur[1], expires_at}
-  end
+  redis.call('ZADD', numbers_key, 'XX', expires_at, cur[2])
+  redis.call('PEXPIREAT', visitor_key, expires_at - 1)
+  return {'reused', cur[2], cur[1], expires_at}
 end
 
 -- Assign: available numbers hold ranks 0..k-1 of the set ordered by free-from time.
 local k = redis.call('ZCOUNT', numbers_key, '-inf', now)
 if k == 0 then
-  if cur[1] then redis.call('DEL', visitor_key) end
   local fallback = cfg[2]
   if fallback and fallback ~= '' then
     return {'fallback', fallback, false, false}
@@ -79,10 +78,9 @@ local number = redis.call('ZRANGE', numbers_key, rank, rank)[1]
 
 redis.call('ZADD', numbers_key, 'XX', expires_at, number)
 redis.call('HSET', holders_key, number, new_sid .. '|' .. visitor_id .. '|' .. now)
-if cur[1] then redis.call('DEL', visitor_key) end
 redis.call('HSET', visitor_key, 's', new_sid, 'n', number, 't', now, 'h', 0,
   'ip', ip, 'ua', user_agent, 'a', attribution)
-redis.call('PEXPIRE', visitor_key, ttl_ms)
+redis.call('PEXPIREAT', visitor_key, expires_at - 1)
 redis.call('XADD', outbox_key, '*', 'event', 'session.started', 'pool_id', pool_id,
   'session_id', new_sid, 'visitor_id', visitor_id, 'number', number, 'started_at', now,
   'expires_at', expires_at, 'ip', ip, 'user_agent', user_agent, 'attribution', attribution)

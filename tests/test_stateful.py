@@ -109,7 +109,7 @@ class PoolMachine(RuleBasedStateMachine):
     @invariant()
     def pool_invariant(self) -> None:
         if hasattr(self, "s"):
-            check_invariant(self._snap(), self.active, MARGIN_MS)
+            check_invariant(self._snap(), self.active)
             total, held, _ = self.s.stats(POOL)
             assert total == len(self.active) and 0 <= held <= total
 
