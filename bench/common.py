@@ -34,7 +34,8 @@ class Broker:
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         self.tmp = tempfile.mkdtemp(prefix="dni-bench-")
-        env = dict(os.environ, DNI_ADMIN_TOKEN=token, DNI_DATA_DIR=self.tmp)
+        env = dict(os.environ, DNI_ADMIN_TOKEN=token, DNI_DATA_DIR=self.tmp,
+                   DNI_BENCH_ROUTES="1")
         if redis_url:
             env["DNI_REDIS_URL"] = redis_url
         else:

@@ -7,6 +7,7 @@ import gc
 import logging
 from typing import AsyncIterator
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -32,6 +33,12 @@ _OK = b'{"status":"ok"}'
 async def healthz(scope: Scope, receive: Receive) -> bytes:
     """200 while the process is up: the constant-body endpoint the edge is measured against."""
     return _OK
+
+
+async def bench_constant(request: Request) -> Response:
+    """A bare Starlette endpoint returning a constant orjson body: the baseline that issue 2
+    names for the edge target (mounted only with DNI_BENCH_ROUTES=1)."""
+    return Response(orjson.dumps({"status": "ok"}), media_type="application/json")
 
 
 async def readyz(request: Request) -> Response:
@@ -104,6 +111,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # The edge routes come first: the router tries routes in order.
     routes = [*edge.routes, Route("/healthz", Endpoint(healthz), methods=["GET", "HEAD"]),
               Route("/readyz", readyz), *admin.routes, *snippet.routes]
+    if settings.bench_routes:
+        routes.append(Route("/bench/constant", bench_constant))
     return Starlette(
         routes=routes,
         lifespan=lifespan,

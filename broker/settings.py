@@ -49,6 +49,7 @@ class Settings:
     default_session_ttl_s: int = 1800
     redis_retry_s: float = 3.0
     trusted_proxies: str = ""
+    bench_routes: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -78,5 +79,6 @@ class Settings:
             heartbeat_s=_int(env, "DNI_HEARTBEAT_S", 60, 5, 3600),
             default_session_ttl_s=_int(env, "DNI_SESSION_TTL_S", 1800, 1, 86400),
             trusted_proxies=env.get("DNI_TRUSTED_PROXIES", "").strip(),
+            bench_routes=_flag(env, "DNI_BENCH_ROUTES"),
             redis_retry_s=_int(env, "DNI_REDIS_RETRY_MS", 3000, 0, 60000) / 1000,
         )
