@@ -13,13 +13,18 @@ from .http import dumps, json_response, read_body
 from .models import POOL_ID_RE, NumbersAdd, PoolCreate, decode
 
 
-def _authorize(request: Request) -> None:
+def authorized(request: Request) -> bool:
+    """Whether the request carries the admin bearer token (compared in constant time)."""
     token = request.app.state.settings.admin_token
-    if not token:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(
+        value.strip().encode(), token.encode())
+
+
+def _authorize(request: Request) -> None:
+    if not request.app.state.settings.admin_token:
         raise ApiError(401, "unauthorized", "the admin API is off: DNI_ADMIN_TOKEN is not set")
-    given = request.headers.get("authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+    if not authorized(request):
         raise ApiError(401, "unauthorized", "missing or wrong bearer token")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -15,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope
 
-from . import admin, edge, snippet
+from . import admin, calls, edge, snippet
 from .engine import Engine, PoolNotFound
 from .errors import ApiError, error_response
 from .http import Endpoint, json_response
@@ -24,6 +25,8 @@ from .pools import Pools
 from .redisconn import RedisError, RedisUnavailable, connect
 from .scripts import load_scripts
 from .settings import Settings
+from .sidecar import Sidecar
+from .source import IpPolicy
 
 log = logging.getLogger("dni")
 
@@ -92,6 +95,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.settings = settings
         app.state.redis = redis
         app.state.engine = engine
+        app.state.ip_policy = IpPolicy(settings.ip_mode, settings.ip_hash_key)
         app.state.pools = Pools(engine, settings.default_region,
                                 settings.default_session_ttl_s, settings.heartbeat_s)
         try:
@@ -101,16 +105,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # GC's work, and collect the young generation less often. Requests allocate many
         # short-lived containers, and gen-0 collections were ~13% of a loaded worker's CPU.
+        sidecar_task = None
+        if settings.sidecar:
+            sidecar = Sidecar(redis, engine.keys, scripts, settings.stream_maxlen,
+                              settings.sidecar_interval_ms / 1000)
+            sidecar_task = asyncio.create_task(sidecar.run())
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
         try:
             yield
         finally:
+            if sidecar_task is not None:
+                sidecar.stop()
+                await sidecar_task
             await redis.close()
 
     # The edge routes come first: the router tries routes in order.
     routes = [*edge.routes, Route("/healthz", Endpoint(healthz), methods=["GET", "HEAD"]),
-              Route("/readyz", readyz), *admin.routes, *snippet.routes]
+              Route("/readyz", readyz), *admin.routes, *calls.routes, *snippet.routes]
     if settings.bench_routes:
         routes.append(Route("/bench/constant", bench_constant))
     return Starlette(

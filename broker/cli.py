@@ -8,6 +8,7 @@ import secrets
 import signal
 import sys
 
+from . import events
 from .settings import Settings, SettingsError
 
 
@@ -52,6 +53,44 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sidecar(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from .keys import Keys
+    from .redisconn import connect
+    from .scripts import load_scripts
+    from .sidecar import Sidecar
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"dni: {exc}", file=sys.stderr)
+        return 2
+    if not settings.redis_url:
+        print("dni: set DNI_REDIS_URL to the broker's Redis", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def run() -> None:
+        redis = connect(settings.redis_url, settings.redis_cluster, settings.redis_retry_s)
+        sidecar = Sidecar(redis, Keys(settings.key_prefix), load_scripts(),
+                          settings.stream_maxlen, settings.sidecar_interval_ms / 1000)
+        try:
+            if args.once:
+                print(await sidecar.cycle())
+            else:
+                loop = asyncio.get_running_loop()
+                loop.add_signal_handler(signal.SIGTERM, sidecar.stop)
+                loop.add_signal_handler(signal.SIGINT, sidecar.stop)
+                await sidecar.run()
+        finally:
+            await redis.close()
+
+    asyncio.run(run())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dni", description="DNI session broker")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_serve)
+    sidecar = sub.add_parser("sidecar", help="move session records to dni:sessions")
+    sidecar.add_argument("--once", action="store_true", help="one pass over every pool")
+    sidecar.set_defaults(func=_sidecar)
+    events.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -11,28 +11,29 @@ from .errors import CORS_HEADERS
 from .http import Endpoint, header, read_body
 from .models import (Attribution, HeartbeatRequest, HeartbeatResponse, SessionRequest,
                      SessionResponse, decode, encoder)
+from .source import pack
 
 MAX_USER_AGENT = 512
 
 
-def client_of(scope: Scope) -> tuple[str, str]:
-    """The visitor's IP and user agent.
+def source_of(scope: Scope, body: bytes) -> bytes:
+    """The session's source: the visitor's IP and user agent and the page's attribution.
 
     The IP is the peer's, or the forwarded one when the peer is a trusted proxy
-    (DNI_TRUSTED_PROXIES, applied by the server before the app sees the request).
+    (DNI_TRUSTED_PROXIES, applied by the server before the app sees the request), stored
+    as DNI_IP_MODE says. Only the attribution fields given are kept.
     """
     client = scope.get("client")
-    ua = header(scope, b"user-agent") or b""
-    return (client[0] if client else ""), ua[:MAX_USER_AGENT].decode("utf-8", "replace")
+    ip = scope["app"].state.ip_policy.apply(client[0]) if client else ""
+    ua = (header(scope, b"user-agent") or b"")[:MAX_USER_AGENT]
+    return pack(ip, ua, encoder.encode(decode(body, Attribution)))
 
 
 async def session(scope: Scope, receive: Receive) -> bytes:
     state = scope["app"].state
     body = await read_body(scope, receive, state.settings.max_body_bytes)
     req = decode(body, SessionRequest)
-    source = encoder.encode(decode(body, Attribution))  # only the fields given
-    ip, user_agent = client_of(scope)
-    res = await state.engine.session(req.pool_id, req.visitor_id, ip, user_agent, source)
+    res = await state.engine.session(req.pool_id, req.visitor_id, source_of(scope, body))
     return encoder.encode(SessionResponse(res.status, res.number, res.session_id,
                                           res.expires_at, state.settings.heartbeat_s))
 

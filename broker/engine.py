@@ -91,11 +91,11 @@ class Engine:
         script.check(keys)
         return await self.redis.evalsha(script, keys, args)
 
-    async def session(self, pool_id: str, visitor_id: str, ip: str = "", user_agent: str = "",
-                      attribution: bytes | str = b"{}") -> SessionResult:
-        """Reuse or assign a number; `attribution` is the page's source as a JSON object."""
+    async def session(self, pool_id: str, visitor_id: str, source: bytes = b"\n\n{}"
+                      ) -> SessionResult:
+        """Reuse or assign a number. `source` is b"ip\nuser_agent\nattribution JSON"."""
         sid, pick = _entropy.take()
-        args = [sid, pick, visitor_id, pool_id, ip, user_agent, attribution]
+        args = [sid, pick, visitor_id, pool_id, source]
         status, number, sid, expires_at = await self.redis.evalsha(
             self._session, self.keys.session_keys(pool_id, visitor_id), args)
         status = _s(status)

@@ -37,9 +37,31 @@ class Keys:
                 p + ":outbox"]
 
     def heartbeat_keys(self, pool_id: str, visitor_id: str) -> list[str]:
-        """KEYS of heartbeat-3.lua."""
-        p = f"{self.prefix}:{{{pool_id}}}"
-        return [p + ":pool", p + ":numbers", p + ":v:" + visitor_id]
+        """KEYS of heartbeat-4.lua."""
+        return self.session_keys(pool_id, visitor_id)[:4]
+
+    def number_index(self) -> str:
+        """Hash: tracking number -> pool id, over all pools (call attribution, admin)."""
+        return f"{self.prefix}:numbers"
+
+    def backup_index(self) -> str:
+        """Hash: backup (fallback) number -> a pool id using it."""
+        return f"{self.prefix}:backups"
+
+    def sidecar_leader(self) -> str:
+        """The sidecars' leader lease (SET NX PX)."""
+        return f"{self.prefix}:sidecar:leader"
+
+    def sidecar_stats(self) -> str:
+        """Hash of the sidecar's counters (copied, trimmed, trim_dropped_pending...)."""
+        return f"{self.prefix}:sidecar:stats"
+
+    def call_seen(self, call_id: str) -> str:
+        """Dedupe record of a call id, in the calls stream's slot ({dni:calls} tag)."""
+        return f"{{{self.calls_stream()}}}:call:{call_id}"
+
+    def dead_letters(self, stream: str) -> str:
+        return f"{stream}:dead"
 
     def pool_index(self) -> str:
         """Set of all pool ids (admin listing; never used inside a script)."""

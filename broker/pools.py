@@ -71,7 +71,17 @@ class Pools:
         else:
             raise RuntimeError("could not allocate a pool id")
         await self.redis.execute("SADD", self.keys.pool_index(), pool_id)
+        await self._index(pool_id, numbers)
+        if fields["fallback"]:
+            await self.redis.execute("HSET", self.keys.backup_index(), fields["fallback"], pool_id)
         return await self.get(pool_id)
+
+    async def _index(self, pool_id: str, numbers: list[str]) -> None:
+        """Record number -> pool in the global index used to attribute calls."""
+        for i in range(0, len(numbers), 1000):
+            chunk = numbers[i:i + 1000]
+            await self.redis.execute("HSET", self.keys.number_index(),
+                                     *(x for n in chunk for x in (n, pool_id)))
 
     async def get(self, pool_id: str) -> dict[str, Any]:
         raw = await self.redis.execute("HGETALL", self.keys.pool(pool_id))
@@ -101,6 +111,7 @@ class Pools:
     async def add_numbers(self, pool_id: str, raw: list[str]) -> dict[str, Any]:
         numbers = normalize_all(raw, self.region)
         added = await self.engine.add_numbers(pool_id, numbers)
+        await self._index(pool_id, numbers)
         pool = await self.get(pool_id)
         pool["added"] = added
         return pool

@@ -35,6 +35,13 @@ def _flag(env: dict[str, str], name: str) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a boolean (use 1 or 0)")
 
 
+def _choice(env: dict[str, str], name: str, options: tuple[str, ...]) -> str:
+    raw = env.get(name) or options[0]
+    if raw not in options:
+        raise SettingsError(f"{name}={raw!r} is not one of {', '.join(options)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str | None = None
@@ -50,6 +57,15 @@ class Settings:
     redis_retry_s: float = 3.0
     trusted_proxies: str = ""
     bench_routes: bool = False
+    ip_mode: str = "full"
+    ip_hash_key: str = ""
+    twilio_auth_token: str | None = None
+    public_url: str | None = None
+    call_grace_s: int = 1800
+    sidecar: bool = True
+    sidecar_interval_ms: int = 500
+    stream_maxlen: int = 1_000_000
+    max_deliveries: int = 5
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -65,6 +81,8 @@ class Settings:
             raise SettingsError(
                 f"DNI_REDIS_URL={url!r} must start with redis://, rediss:// or unix://"
             )
+        if env.get("DNI_IP_MODE") == "hash" and not env.get("DNI_IP_HASH_KEY"):
+            raise SettingsError("DNI_IP_MODE=hash needs a secret in DNI_IP_HASH_KEY")
         region = env.get("DNI_DEFAULT_REGION", "US").upper()
         if not re.match(r"^[A-Z]{2}$", region):
             raise SettingsError(f"DNI_DEFAULT_REGION={region!r} is not a two-letter region")
@@ -80,5 +98,14 @@ class Settings:
             default_session_ttl_s=_int(env, "DNI_SESSION_TTL_S", 1800, 1, 86400),
             trusted_proxies=env.get("DNI_TRUSTED_PROXIES", "").strip(),
             bench_routes=_flag(env, "DNI_BENCH_ROUTES"),
+            ip_mode=_choice(env, "DNI_IP_MODE", ("full", "truncate", "hash")),
+            ip_hash_key=env.get("DNI_IP_HASH_KEY", ""),
+            twilio_auth_token=env.get("DNI_TWILIO_AUTH_TOKEN") or None,
+            public_url=(env.get("DNI_PUBLIC_URL") or "").rstrip("/") or None,
+            call_grace_s=_int(env, "DNI_CALL_GRACE_S", 1800, 0, 86400),
+            sidecar=not env.get("DNI_SIDECAR") or _flag(env, "DNI_SIDECAR"),
+            sidecar_interval_ms=_int(env, "DNI_SIDECAR_INTERVAL_MS", 500, 50, 60000),
+            stream_maxlen=_int(env, "DNI_STREAM_MAXLEN", 1_000_000, 1000, 1 << 40),
+            max_deliveries=_int(env, "DNI_MAX_DELIVERIES", 5, 1, 1000),
             redis_retry_s=_int(env, "DNI_REDIS_RETRY_MS", 3000, 0, 60000) / 1000,
         )

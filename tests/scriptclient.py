@@ -38,8 +38,9 @@ class Scripts:
 
     def session(self, pool_id: str, visitor_id: str, sid: str, pick: int = 0,
                 ip: str = "127.0.0.1", ua: str = "test", attribution: str = "{}") -> tuple:
+        source = f"{ip}\n{ua}\n{attribution}"
         out = self.run("session", self.keys.session_keys(pool_id, visitor_id),
-                       [sid, pick, visitor_id, pool_id, ip, ua, attribution])
+                       [sid, pick, visitor_id, pool_id, source])
         return tuple(_s(v) for v in out)
 
     def heartbeat(self, pool_id: str, visitor_id: str, sid: str) -> tuple:
@@ -59,8 +60,8 @@ class Scripts:
 SNAPSHOT_LUA = """
 local visitors = {}
 for i = 3, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 's', 'n', 't')
-  v[4] = redis.call('PEXPIRETIME', KEYS[i])
+  local v = redis.call('HMGET', KEYS[i], 's', 'n')
+  v[3] = redis.call('PEXPIRETIME', KEYS[i])
   visitors[#visitors + 1] = v
 end
 local t = redis.call('TIME')
@@ -84,13 +85,14 @@ def snapshot(client: redis.Redis, keys: Keys, pool_id: str, visitor_ids: list[st
     scores = {_s(zr[i]): float(zr[i + 1]) for i in range(0, len(zr), 2)}
     holders = {_s(hs[i]): _s(hs[i + 1]) for i in range(0, len(hs), 2)}
     live, records = {}, {}
-    for vid, (sid, number, started, expire_at) in zip(visitor_ids, vs):
+    for vid, (sid, number, expire_at) in zip(visitor_ids, vs):
         if sid is None or expire_at < now:
             continue
-        sid, number, started = _s(sid), _s(number), _s(started)
+        sid, number = _s(sid), _s(number)
         records[vid] = (sid, number)
-        lease = f"{sid}|{vid}|{started}"
-        if number in scores and scores[number] > now and holders.get(number) == lease:
+        lease = holders.get(number, "")
+        if (number in scores and scores[number] > now and lease.startswith(f"{sid}|{vid}|")
+                and not lease.endswith("|e")):
             live[vid] = (sid, number)
     return {"now": now, "scores": scores, "holders": holders, "live": live,
             "records": records}

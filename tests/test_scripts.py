@@ -85,7 +85,7 @@ def test_heartbeat_extends_and_counts(s: Scripts, r):
     time.sleep(0.01)
     status, hb_number, hb_exp = s.heartbeat("p1", "a", sid)
     assert (status, hb_number) == ("alive", number) and hb_exp > exp
-    assert r.hget(s.keys.visitor("p1", "a"), "h") == b"1"
+    assert r.hget(s.keys.holders("p1"), "h:" + number) == b"1"
     assert r.pttl(s.keys.visitor("p1", "a")) > 59_000
 
 
@@ -143,18 +143,81 @@ def test_new_session_writes_record_and_outbox_in_the_same_step(s: Scripts, r):
     _, number, sid, exp = s.session("p1", "a", "sidA", ip="203.0.113.9", ua="UA/1",
                                     attribution=attribution)
     record = {k.decode(): v.decode() for k, v in r.hgetall(s.keys.visitor("p1", "a")).items()}
-    assert record["s"] == sid and record["n"] == number and record["a"] == attribution
-    assert record["ip"] == "203.0.113.9" and record["ua"] == "UA/1"
+    assert record == {"s": sid, "n": number}
+    holders = r.hgetall(s.keys.holders("p1"))
+    source = f"203.0.113.9\nUA/1\n{attribution}"
+    started = holders[number.encode()].decode().split("|")[2]
+    assert holders[number.encode()].decode() == f"{sid}|a|{started}"
+    assert holders[f"a:{number}".encode()].decode() == source
+    assert int(started) == exp - 60_000
     entries = r.xrange(s.keys.outbox("p1"))
     assert len(entries) == 1
     fields = {k.decode(): v.decode() for k, v in entries[0][1].items()}
-    assert fields["event"] == "session.started" and fields["session_id"] == sid
-    assert fields["number"] == number and fields["expires_at"] == str(exp)
-    assert fields["attribution"] == attribution and fields["visitor_id"] == "a"
-    # reuse refreshes without a second outbox entry or a change of attribution
+    assert fields == {"event": "session.started", "pool_id": "p1", "session_id": sid,
+                      "visitor_id": "a", "number": number, "started_at": started,
+                      "expires_at": str(exp), "source": source}
+    # reuse refreshes without a second outbox entry or a change of source (first touch)
     s.session("p1", "a", "x", attribution='{"utm_source":"bing"}')
     assert r.xlen(s.keys.outbox("p1")) == 1
-    assert r.hget(s.keys.visitor("p1", "a"), "a").decode() == attribution
+    assert r.hget(s.keys.holders("p1"), f"a:{number}").decode() == source
+
+
+def _ended(r, s: Scripts, pool: str) -> list[dict]:
+    out = []
+    for _, raw in r.xrange(s.keys.outbox(pool)):
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        if fields["event"] == "session.ended":
+            out.append(fields)
+    return out
+
+
+def test_end_sessions_reports_each_ended_lease_once(s: Scripts, r):
+    s.make_pool("p1", numbers(2), ttl_ms=1000)
+    _, n_a, sid_a, _ = s.session("p1", "a", "sidA", pick=0)
+    _, n_b, sid_b, exp_b = s.session("p1", "b", "sidB", pick=0)
+    s.heartbeat("p1", "b", sid_b)
+    s.heartbeat("p1", "b", sid_b)
+    keys = [s.keys.pool("p1"), s.keys.numbers("p1"), s.keys.holders("p1"), s.keys.outbox("p1")]
+    assert s.run("end_sessions", keys, ["p1", 100]) == [0, 0]  # nothing ended yet
+    time.sleep(1.1)
+    assert s.run("end_sessions", keys, ["p1", 100]) == [2, 0]
+    assert s.run("end_sessions", keys, ["p1", 100]) == [0, 0]  # never twice
+    ended = {e["session_id"]: e for e in _ended(r, s, "p1")}
+    assert set(ended) == {sid_a, sid_b}
+    b = ended[sid_b]
+    assert b["heartbeats"] == "2" and b["visitor_id"] == "b" and b["number"] == n_b
+    assert int(b["ended_at"]) - int(b["started_at"]) == int(b["duration_ms"]) >= 1000
+    # reassigning a reported number does not report its old lease again
+    s.session("p1", "c", "sidC")
+    assert len(_ended(r, s, "p1")) == 2
+
+
+def test_reassignment_reports_the_previous_lease_if_the_sidecar_has_not(s: Scripts, r):
+    s.make_pool("p1", numbers(1), ttl_ms=1000)
+    _, number, sid_a, exp_a = s.session("p1", "a", "sidA")
+    time.sleep(1.05)
+    _, number_b, sid_b, _ = s.session("p1", "b", "sidB")
+    assert number_b == number
+    (ended,) = _ended(r, s, "p1")
+    assert ended["session_id"] == sid_a and ended["ended_at"] == str(exp_a)
+    keys = [s.keys.pool("p1"), s.keys.numbers("p1"), s.keys.holders("p1"), s.keys.outbox("p1")]
+    assert s.run("end_sessions", keys, ["p1", 100])[0] == 0  # b is live, a already reported
+
+
+def test_end_sessions_batches_do_not_skip_leases(s: Scripts, r):
+    s.make_pool("p1", numbers(7), ttl_ms=1000)
+    for i in range(7):
+        s.session("p1", f"v{i}", f"s{i}", pick=0)
+    time.sleep(1.1)
+    keys = [s.keys.pool("p1"), s.keys.numbers("p1"), s.keys.holders("p1"), s.keys.outbox("p1")]
+    total, calls = 0, 0
+    while True:
+        reported, more = s.run("end_sessions", keys, ["p1", 3])
+        total, calls = total + reported, calls + 1
+        if not more:
+            break
+        assert calls < 20
+    assert total == 7 and len({e["session_id"] for e in _ended(r, s, "p1")}) == 7
 
 
 def test_all_keys_of_a_pool_share_one_cluster_slot():

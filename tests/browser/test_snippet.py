@@ -6,7 +6,6 @@ the test's own web server; a test fails if any page raised an uncaught error.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Callable, Iterator
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from broker.source import flat
 from tests.browser.conftest import TARGET, Browser, Site, tag
 from tests.conftest import BrokerProcess, free_port
 
@@ -34,6 +34,25 @@ def swapped(fmt: str, last: str = "7") -> str:
 
 def vkey(pool_id: str, visitor_id: str) -> str:
     return f"dni:{{{pool_id}}}:v:{visitor_id}"
+
+
+def stored_source(r: redis.Redis, pool_id: str, visitor_id: str) -> dict:
+    """The source the broker keeps for the visitor's live session (see session-5.lua)."""
+    number = r.hget(vkey(pool_id, visitor_id), "n").decode()
+    return flat(r.hget(f"dni:{{{pool_id}}}:holders", "a:" + number))
+
+
+def heartbeats(r: redis.Redis, pool_id: str, visitor_id: str) -> int:
+    number = r.hget(vkey(pool_id, visitor_id), "n")
+    return int(r.hget(f"dni:{{{pool_id}}}:holders", b"h:" + number) or 0) if number else 0
+
+
+def sessions_started(r: redis.Redis, pool_id: str) -> int:
+    """session.started records of the pool, in its outbox or already moved by the sidecar."""
+    pending = r.xrange(f"dni:{{{pool_id}}}:outbox")
+    moved = r.xrange("dni:sessions")
+    return sum(1 for _, f in pending + moved if f[b"event"] == b"session.started"
+               and f[b"pool_id"] == pool_id.encode())
 
 
 def visitor_id(b: Browser) -> str:
@@ -161,20 +180,19 @@ def test_second_page_keeps_number_and_first_source(broker: BrokerProcess,
     vid = visitor_id(visitor)
     assert one["visitor_id"] == vid
 
-    stored = json.loads(r.hget(vkey(pool["id"], vid), "a"))
+    stored = stored_source(r, pool["id"], vid)
     assert stored["utm_source"] == "google" and stored["utm_campaign"] == "spring"
     assert stored["landing_page"] == landing
-    outbox = r.xrange(f"dni:{{{pool['id']}}}:outbox")
-    assert len(outbox) == 1  # one session for both pages
+    assert sessions_started(r, pool["id"]) == 1  # one session for both pages
 
     # The session ends; the next page of the same visit starts a new one with the same source.
     r.delete(vkey(pool["id"], vid))
     page.click("#next")
     page.wait_for_url("**/three")
     page.wait_for_function("() => document.getElementById('n').textContent != 'Call 555-010-0000'")
-    stored = json.loads(r.hget(vkey(pool["id"], vid), "a"))
+    stored = stored_source(r, pool["id"], vid)
     assert stored["utm_source"] == "google" and stored["landing_page"] == landing
-    assert len(r.xrange(f"dni:{{{pool['id']}}}:outbox")) == 2
+    assert sessions_started(r, pool["id"]) == 2
 
 
 def test_tabs_of_one_visitor_share_one_session(broker: BrokerProcess,
@@ -209,12 +227,12 @@ def test_heartbeats_follow_the_broker_interval(broker5: BrokerProcess, pool: dic
     page.goto(fresh_site.page("/beat", '<p id="n">555-010-0000</p>',
                               tag(js(broker5), pool["id"])))
     expect(page.locator("#n")).to_have_text("555-010-0007")
-    key = vkey(pool["id"], visitor_id(visitor))
+    vid = visitor_id(visitor)
     started = time.monotonic()
     deadline = started + 9
-    while time.monotonic() < deadline and int(r.hget(key, "h") or 0) < 1:
+    while time.monotonic() < deadline and heartbeats(r, pool["id"], vid) < 1:
         time.sleep(0.2)
-    assert int(r.hget(key, "h") or 0) >= 1, "no heartbeat reached the broker"
+    assert heartbeats(r, pool["id"], vid) >= 1, "no heartbeat reached the broker"
     assert time.monotonic() - started > 3  # at the broker's 5 s, not sooner
     expect(page.locator("#n")).to_have_text("555-010-0007")
 

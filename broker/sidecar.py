@@ -1,0 +1,167 @@
+"""The sidecar: moves each pool's outbox into the consumers' `dni:sessions` stream.
+
+Every `session.started` record is written to the pool's outbox by the same script that
+assigned the number, so nothing is lost if a broker dies after answering. The sidecar:
+
+1. reports ended sessions (end_sessions-4.lua writes `session.ended` to the outbox once
+   per lease; a lease whose number was reassigned first was reported by the session
+   script);
+2. copies outbox entries, in order, to `dni:sessions` with flat fields, then deletes them
+   from the outbox. A sidecar killed between the two copies them again on restart
+   (at-least-once, as the contract says); in the normal case each entry is copied once;
+3. bounds the streams (DNI_STREAM_MAXLEN), warning (log line and the `trim_dropped_pending`
+   counter) when trimming drops entries a consumer group has not acknowledged.
+
+Several sidecars may run (one per `dni serve` worker, plus `dni sidecar`): they elect a
+leader through a lease key and only the leader works, so entries are not copied twice.
+Every script touches one pool's hash slot, so it works on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+from .keys import Keys
+from .scripts import Script
+from .source import flat
+
+log = logging.getLogger("dni.sidecar")
+
+BATCH = 500
+LEADER_TTL_MS = 10_000
+STATS_FIELDS = ("copied", "ended_reported", "trimmed", "trim_dropped_pending", "cycles")
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def consumer_fields(raw: dict[str, str]) -> dict[str, str]:
+    """An outbox entry as the consumer-facing entry: the source packed by the session
+    script becomes the contract's flat fields (ip, user_agent, landing_page, utm_*...)."""
+    out = {k: v for k, v in raw.items() if k != "source"}
+    out.update(flat(raw.get("source")))
+    return out
+
+
+class Sidecar:
+    def __init__(self, redis: Any, keys: Keys, scripts: dict[str, Script],
+                 maxlen: int = 1_000_000, interval_s: float = 0.5) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scripts = scripts
+        self.maxlen = maxlen
+        self.interval_s = interval_s
+        self.me = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._stop = asyncio.Event()
+
+    async def lead(self) -> bool:
+        script = self.scripts["lead"]
+        return bool(await self.redis.evalsha(script, [self.keys.sidecar_leader()],
+                                             [self.me, LEADER_TTL_MS]))
+
+    async def _count(self, field: str, by: int) -> None:
+        if by:
+            await self.redis.execute("HINCRBY", self.keys.sidecar_stats(), field, by)
+
+    async def end_sessions(self, pool_id: str) -> int:
+        k = self.keys
+        keys = [k.pool(pool_id), k.numbers(pool_id), k.holders(pool_id), k.outbox(pool_id)]
+        total = 0
+        while True:
+            reported, more = await self.redis.evalsha(self.scripts["end_sessions"], keys,
+                                                      [pool_id, BATCH])
+            total += reported
+            if not more:
+                return total
+
+    async def copy_outbox(self, pool_id: str) -> int:
+        outbox, sessions = self.keys.outbox(pool_id), self.keys.sessions_stream()
+        copied = 0
+        while True:
+            entries = await self.redis.execute("XRANGE", outbox, "-", "+", "COUNT", BATCH)
+            if not entries:
+                return copied
+            writes = []
+            for _, raw in entries:
+                fields = consumer_fields({_s(raw[i]): _s(raw[i + 1])
+                                          for i in range(0, len(raw), 2)})
+                flat_fields = [x for kv in fields.items() for x in kv]
+                writes.append(self.redis.execute("XADD", sessions, "MAXLEN", "~", self.maxlen,
+                                                 "*", *flat_fields))
+            await asyncio.gather(*writes)  # one pipelined batch, in order
+            await self.redis.execute("XDEL", outbox, *(entry_id for entry_id, _ in entries))
+            copied += len(entries)
+
+    async def check_retention(self, stream: str) -> None:
+        """Trim `stream` to the retention bound; warn when that drops unacknowledged
+        entries of a consumer group."""
+        length = await self.redis.execute("XLEN", stream)
+        excess = length - self.maxlen
+        if excess <= 0:
+            return
+        last_dropped = (await self.redis.execute("XRANGE", stream, "-", "+", "COUNT", excess))[-1][0]
+        try:
+            groups = await self.redis.execute("XINFO", "GROUPS", stream)
+        except Exception:  # noqa: BLE001 - no groups yet
+            groups = []
+        dropped_pending = 0
+        for group in groups:
+            info = {_s(group[i]): group[i + 1] for i in range(0, len(group), 2)}
+            name = _s(info["name"])
+            pending = await self.redis.execute("XPENDING", stream, name, "-", _s(last_dropped),
+                                               excess)
+            undelivered = _id(info["last-delivered-id"]) < _id(last_dropped)
+            if pending or undelivered:
+                dropped_pending += len(pending) or 1
+                log.warning("trimming %s to %d entries drops entries that group %r has not "
+                            "acknowledged (pending %d, behind: %s)", stream, self.maxlen, name,
+                            len(pending), undelivered)
+        await self.redis.execute("XTRIM", stream, "MINID", _next_id(_s(last_dropped)))
+        await self._count("trimmed", excess)
+        await self._count("trim_dropped_pending", dropped_pending)
+
+    async def cycle(self) -> dict[str, int]:
+        """One pass over every pool. Returns what it did."""
+        done = {"copied": 0, "ended_reported": 0}
+        pool_ids = sorted(_s(p) for p in await self.redis.execute(
+            "SMEMBERS", self.keys.pool_index()))
+        for pool_id in pool_ids:
+            done["ended_reported"] += await self.end_sessions(pool_id)
+            done["copied"] += await self.copy_outbox(pool_id)
+        for stream in (self.keys.sessions_stream(), self.keys.calls_stream()):
+            await self.check_retention(stream)
+        await self._count("copied", done["copied"])
+        await self._count("ended_reported", done["ended_reported"])
+        await self._count("cycles", 1)
+        return done
+
+    async def run(self) -> None:
+        """Lead or stand by, one cycle per interval, until stop(); errors are logged."""
+        while not self._stop.is_set():
+            try:
+                if await self.lead():
+                    await self.cycle()
+            except Exception:  # noqa: BLE001 - keep running; Redis may come back
+                log.exception("sidecar cycle failed")
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _id(raw: Any) -> tuple[int, int]:
+    ms, _, seq = _s(raw).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = _id(entry_id)
+    return f"{ms}-{seq + 1}"

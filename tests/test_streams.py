@@ -1,0 +1,173 @@
+"""Durability of the session records and the reference consumer (`dni events tail`)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import tempfile
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+import httpx
+import pytest
+import redis
+
+from broker.events import Consumer
+from broker.keys import Keys
+from broker.redisconn import PipelinedRedis
+from broker.scripts import load_scripts
+from broker.sidecar import Sidecar
+from tests.conftest import (ADMIN_TOKEN, ROOT, BrokerProcess, free_port, numbers,
+                            start_redis, stop)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[str, redis.Redis]]:
+    """A Redis of the test's own: no other broker's sidecar works on it."""
+    tmp = tempfile.mkdtemp(prefix="dni-test-kill-")
+    port = free_port()
+    proc = start_redis(tmp, port)
+    client = redis.Redis(port=port)
+    yield f"redis://127.0.0.1:{port}/0", client
+    client.close()
+    stop(proc)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_broker_killed_mid_load_loses_no_session(own_redis):
+    """SIGKILL a broker while it answers; after a sidecar pass, every session that got a
+    `new` answer is in dni:sessions exactly once."""
+    redis_server, r = own_redis
+    b = BrokerProcess(redis_server, env={"DNI_SIDECAR": "0"}).start()
+    admin = httpx.Client(base_url=b.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    pool = admin.post("/v1/pools", json={"name": "k", "numbers": numbers(5000)}).json()
+    admin.close()
+    new_sessions: set[str] = set()
+    errors = 0
+
+    async def load() -> None:
+        nonlocal errors
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=b.url, limits=limits, timeout=5) as client:
+            async def worker(w: int) -> None:
+                nonlocal errors
+                for i in range(10_000):
+                    try:
+                        res = await client.post("/v1/dni/session", json={
+                            "pool_id": pool["id"], "visitor_id": f"k{w}-{i}",
+                            "utm_source": "kill-test"})
+                    except httpx.TransportError:
+                        errors += 1
+                        return
+                    if res.json()["status"] == "new":
+                        new_sessions.add(res.json()["session_id"])
+
+            async def killer() -> None:
+                while len(new_sessions) < 500:
+                    await asyncio.sleep(0.01)
+                os.kill(b.proc.pid, signal.SIGKILL)
+
+            await asyncio.gather(killer(), *(worker(w) for w in range(64)))
+
+    asyncio.run(load())
+    b.proc.wait(10)
+    assert errors > 0 and len(new_sessions) >= 500  # killed while answering
+    assert not r.exists("dni:sessions")  # its sidecar was off: all still in the outbox
+    env = dict(os.environ, DNI_REDIS_URL=redis_server)
+    subprocess.run([sys.executable, "-m", "broker.cli", "sidecar", "--once"], env=env,
+                   cwd=ROOT, check=True, capture_output=True, timeout=60)
+    started = [fields[b"session_id"].decode() for _, fields in r.xrange("dni:sessions")
+               if fields[b"event"] == b"session.started"]
+    assert len(started) == len(set(started))  # no duplicates
+    assert new_sessions <= set(started)  # nothing answered `new` is missing
+    # and nothing is in the stream that no one could have been told about: every
+    # entry is a session whose script ran to its end
+    assert len(set(started)) - len(new_sessions) <= 64
+    assert r.xlen(f"dni:{{{pool['id']}}}:outbox") == 0
+
+
+def _fill(r: redis.Redis, stream: str, count: int) -> list[bytes]:
+    return [r.xadd(stream, {"event": "session.started", "session_id": f"s{i}"})
+            for i in range(count)]
+
+
+def test_crashed_consumer_entries_go_to_another_and_poison_to_dead_letters(r: redis.Redis):
+    stream = "dni:sessions"
+    ids = _fill(r, stream, 5)
+    out_a = io.StringIO()
+    a = Consumer(r, stream, "billing", "a", claim_idle_ms=50, max_deliveries=3, out=out_a)
+    # consumer "a" reads everything and dies before acknowledging (no _handle, no XACK)
+    got = r.xreadgroup("billing", "a", {stream: ">"}, count=10)
+    assert len(got[0][1]) == 5
+    del a
+    # the first entry is poison: every consumer that takes it crashes; it is delivered
+    # again and again (each XCLAIM counts one more delivery)
+    for _ in range(3):
+        r.xclaim(stream, "billing", "crashy", 0, [ids[0]])
+    time.sleep(0.06)
+    out_b = io.StringIO()
+    b = Consumer(r, stream, "billing", "b", claim_idle_ms=50, max_deliveries=3, out=out_b)
+    printed = b.run(follow=False)
+    lines = [json.loads(line) for line in out_b.getvalue().splitlines()]
+    assert printed == 4 and [x["session_id"] for x in lines] == ["s1", "s2", "s3", "s4"]
+    dead = r.xrange("dni:sessions:dead")
+    assert len(dead) == 1 and dead[0][1][b"session_id"] == b"s0"
+    assert dead[0][1][b"dead_id"] == ids[0] and int(dead[0][1][b"deliveries"]) > 3
+    assert r.xpending(stream, "billing")["pending"] == 0  # all acknowledged
+    # new entries are read too, and nothing is printed twice
+    _fill(r, stream, 1)
+    out_c = io.StringIO()
+    Consumer(r, stream, "billing", "b", 50, 3, out_c).run(follow=False)
+    assert [json.loads(x)["session_id"] for x in out_c.getvalue().splitlines()] == ["s0"]
+
+
+def test_events_tail_cli_prints_json_lines(redis_server, r: redis.Redis):
+    _fill(r, "dni:calls", 2)
+    env = dict(os.environ, DNI_REDIS_URL=redis_server)
+    out = subprocess.run([sys.executable, "-m", "broker.cli", "events", "tail", "--stream",
+                          "calls"], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [x["session_id"] for x in rows] == ["s0", "s1"] and rows[0]["stream"] == "dni:calls"
+    grouped = subprocess.run([sys.executable, "-m", "broker.cli", "events", "tail", "--stream",
+                              "calls", "--group", "g", "--consumer", "c1"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    assert len(grouped.splitlines()) == 2
+    assert r.xpending("dni:calls", "g")["pending"] == 0
+
+
+def test_retention_trims_and_counts_unacknowledged_drops(redis_server, r: redis.Redis):
+    _fill(r, "dni:sessions", 30)
+    r.xgroup_create("dni:sessions", "slow", id="0")
+    r.xreadgroup("slow", "c", {"dni:sessions": ">"}, count=5)  # 5 pending, 25 undelivered
+
+    async def run() -> None:
+        client = PipelinedRedis(redis_server)
+        sidecar = Sidecar(client, Keys("dni"), load_scripts(), maxlen=10)
+        await sidecar.check_retention("dni:sessions")
+        await client.close()
+
+    asyncio.run(run())
+    assert r.xlen("dni:sessions") == 10
+    stats = {k.decode(): int(v) for k, v in r.hgetall("dni:sidecar:stats").items()}
+    assert stats["trimmed"] == 20 and stats["trim_dropped_pending"] >= 1
+
+
+def test_several_sidecars_elect_one_leader(redis_server, r: redis.Redis):
+    async def run() -> list[bool]:
+        client = PipelinedRedis(redis_server)
+        cars = [Sidecar(client, Keys("dni"), load_scripts()) for _ in range(3)]
+        first = [await c.lead() for c in cars]
+        again = [await c.lead() for c in cars]
+        await client.close()
+        return first + again
+
+    votes = asyncio.run(run())
+    assert votes == [True, False, False, True, False, False]
