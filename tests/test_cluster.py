@@ -90,6 +90,19 @@ def test_broker_on_a_cluster(cluster_url: str):
         assert res.status_code == 200 and res.json()["status"] == "fallback"
         assert admin.get("/readyz").status_code == 200
         assert len(admin.get("/v1/pools").json()["pools"]) == 6
+        # the sidecar moves every pool's outbox (on its own node) to dni:sessions
+        deadline = time.monotonic() + 15
+        while nodes.xlen("dni:sessions") < 18:
+            assert time.monotonic() < deadline, nodes.xlen("dni:sessions")
+            time.sleep(0.1)
+        started = [f for _, f in nodes.xrange("dni:sessions") if f[b"event"] == b"session.started"]
+        assert len(started) == 18 and {f[b"pool_id"].decode() for f in started} == {
+            p["id"] for p in pools}
+        call = admin.post("/v1/calls", json={"to": got[0]["number"], "call_id": "CA-cluster"})
+        assert call.json()["attributed"] is True
+        assert admin.post("/v1/calls", json={"to": got[0]["number"],
+                                             "call_id": "CA-cluster"}).json() == call.json()
+        assert nodes.xlen("dni:calls") == 1
         nodes.close()
         admin.close()
     finally:

@@ -160,6 +160,20 @@ def test_retention_trims_and_counts_unacknowledged_drops(redis_server, r: redis.
     assert stats["trimmed"] == 20 and stats["trim_dropped_pending"] >= 1
 
 
+def test_streams_endpoint_reports_lengths_groups_and_counters(admin, r: redis.Redis):
+    _fill(r, "dni:sessions", 3)
+    r.xgroup_create("dni:sessions", "billing", id="0")
+    r.xreadgroup("billing", "c", {"dni:sessions": ">"}, count=2)
+    r.hset("dni:sidecar:stats", mapping={"copied": 3, "trim_dropped_pending": 0})
+    got = admin.get("/v1/streams").json()
+    sessions = got["streams"]["dni:sessions"]
+    assert sessions["length"] == 3 and sessions["dead_letters"] == 0
+    assert sessions["groups"] == [{"name": "billing", "pending": 2, "consumers": 1,
+                                   "last_delivered_id": sessions["groups"][0]["last_delivered_id"]}]
+    assert got["streams"]["dni:calls"]["length"] == 0
+    assert got["sidecar"]["copied"] >= 3 and got["retention_maxlen"] == 1_000_000
+
+
 def test_several_sidecars_elect_one_leader(redis_server, r: redis.Redis):
     async def run() -> list[bool]:
         client = PipelinedRedis(redis_server)
