@@ -7,8 +7,6 @@ import time
 
 import httpx
 
-from tests.conftest import ADMIN_TOKEN
-
 
 async def _first_visits(url: str, pool_id: str, count: int) -> list[dict]:
     limits = httpx.Limits(max_connections=count)

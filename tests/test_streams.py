@@ -53,7 +53,6 @@ def test_broker_killed_mid_load_loses_no_session(own_redis):
     errors = 0
 
     async def load() -> None:
-        nonlocal errors
         limits = httpx.Limits(max_connections=64)
         async with httpx.AsyncClient(base_url=b.url, limits=limits, timeout=5) as client:
             async def worker(w: int) -> None:
