@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope
 
-from . import admin, calls, edge, snippet, streams
+from . import admin, calls, edge, openapi, snippet, streams
 from .engine import Engine, PoolNotFound
 from .errors import ApiError, error_response
 from .http import Endpoint, json_response
@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # The edge routes come first: the router tries routes in order.
     routes = [*edge.routes, Route("/healthz", Endpoint(healthz), methods=["GET", "HEAD"]),
               Route("/readyz", readyz), *admin.routes, *calls.routes, *streams.routes,
-              *snippet.routes]
+              *snippet.routes, *openapi.routes]
     if settings.bench_routes:
         routes.append(Route("/bench/constant", bench_constant))
     return Starlette(

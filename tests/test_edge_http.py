@@ -176,3 +176,15 @@ def test_unknown_pool_on_admin_routes(admin):
                 admin.post("/v1/pools/nosuch/numbers", json={"numbers": numbers(1)}),
                 admin.get("/v1/pools/bad%7Bid/stats")):
         assert res.status_code == 404 and error_of(res) == "pool_not_found"
+
+
+def test_openapi_document_names_the_contract(http):
+    doc = http.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    for path in ("/v1/dni/session", "/v1/dni/heartbeat", "/v1/pools", "/v1/calls",
+                 "/v1/pools/{pool_id}/stats", "/healthz", "/readyz", "/snippet.js"):
+        assert path in doc["paths"], path
+    body = doc["components"]["schemas"]["SessionBody"]
+    assert set(body["required"]) == {"pool_id", "visitor_id"}
+    assert {"utm_source", "gclid", "fbclid", "msclkid", "landing_page"} <= set(body["properties"])
+    assert body["properties"]["visitor_id"]["pattern"] == "^[A-Za-z0-9_.:-]{1,128}$"
