@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -21,6 +22,8 @@ from .errors import ApiError, error_response
 from .http import Endpoint, json_response
 from .keys import Keys
 from .pools import Pools
+from .providers import providers_from
+from .stats import Counts, flush, flusher
 from .redisconn import RedisError, RedisUnavailable, connect
 from .scripts import load_scripts
 from .settings import Settings
@@ -93,7 +96,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.redis = redis
         app.state.engine = engine
         app.state.pools = Pools(engine, settings.default_region,
-                                settings.default_session_ttl_s, settings.heartbeat_s)
+                                settings.default_session_ttl_s, settings.heartbeat_s,
+                                providers_from(settings, redis, engine.keys))
+        app.state.counts = counts = Counts()  # answer counts, flushed to Redis (stats.py)
         try:
             await redis.load_scripts(list(scripts.values()))
         except (RedisUnavailable, OSError) as exc:
@@ -103,9 +108,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # short-lived containers, and gen-0 collections were ~13% of a loaded worker's CPU.
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+        flushing = asyncio.create_task(flusher(counts, engine, settings.stats_flush_ms / 1000))
         try:
             yield
         finally:
+            flushing.cancel()
+            with contextlib.suppress(Exception):
+                await flush(counts, engine)
             await redis.close()
 
     # The edge routes come first: the router tries routes in order.

@@ -50,6 +50,10 @@ class Settings:
     redis_retry_s: float = 3.0
     trusted_proxies: str = ""
     bench_routes: bool = False
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_api_url: str = "https://api.twilio.com"
+    stats_flush_ms: int = 1000
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -81,4 +85,8 @@ class Settings:
             trusted_proxies=env.get("DNI_TRUSTED_PROXIES", "").strip(),
             bench_routes=_flag(env, "DNI_BENCH_ROUTES"),
             redis_retry_s=_int(env, "DNI_REDIS_RETRY_MS", 3000, 0, 60000) / 1000,
+            twilio_account_sid=env.get("DNI_TWILIO_ACCOUNT_SID") or None,
+            twilio_auth_token=env.get("DNI_TWILIO_AUTH_TOKEN") or None,
+            twilio_api_url=env.get("DNI_TWILIO_API_URL") or "https://api.twilio.com",
+            stats_flush_ms=_int(env, "DNI_STATS_FLUSH_MS", 1000, 50, 60000),
         )
