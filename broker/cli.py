@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_serve)
+    from . import cli_admin
+    cli_admin.register(sub)  # dni pools ..., dni numbers ...
     args = parser.parse_args(argv)
     return args.func(args)
 
