@@ -116,9 +116,11 @@ async def pool_stats(engine: Engine, pool_id: str, heartbeat_s: int,
         redis.execute("ZCARD", k.inactive(pool_id)))
     ttl_ms, created_at, pressure_at, pressure_since = (int(v) if v else 0 for v in cfg)
     now_min = s.now_ms // 60_000
-    buckets = await asyncio.gather(*(
-        redis.execute("HMGET", k.minute(pool_id, now_min - i), *FIELDS, "peak")
-        for i in range(1440)))
+    buckets: list[list[Any]] = []
+    for start in range(0, 1440, 60):  # an hour at a time: bounded concurrency (Cluster)
+        buckets += await asyncio.gather(*(
+            redis.execute("HMGET", k.minute(pool_id, now_min - i), *FIELDS, "peak")
+            for i in range(start, start + 60)))
     hour, peak_hour = _sum(buckets[:60])
     day, peak_day = _sum(buckets)
     peak_hour = max(peak_hour, s.active_sessions)
