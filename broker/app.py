@@ -22,6 +22,8 @@ from .errors import ApiError, error_response
 from .http import Endpoint, json_response
 from .keys import Keys
 from .pools import Pools
+from .providers import providers_from
+from .stats import Counts, flush, flusher
 from .redisconn import RedisError, RedisUnavailable, connect
 from .scripts import load_scripts
 from .settings import Settings
@@ -97,7 +99,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.engine = engine
         app.state.ip_policy = IpPolicy(settings.ip_mode, settings.ip_hash_key)
         app.state.pools = Pools(engine, settings.default_region,
-                                settings.default_session_ttl_s, settings.heartbeat_s)
+                                settings.default_session_ttl_s, settings.heartbeat_s,
+                                providers_from(settings, redis, engine.keys))
+        app.state.counts = counts = Counts()  # answer counts, flushed to Redis (stats.py)
         try:
             await redis.load_scripts(list(scripts.values()))
         except (RedisUnavailable, OSError) as exc:
@@ -112,9 +116,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             sidecar_task = asyncio.create_task(sidecar.run())
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+        flushing = asyncio.create_task(flusher(counts, engine, settings.stats_flush_ms / 1000))
         try:
             yield
         finally:
+            flushing.cancel()
+            with contextlib.suppress(Exception):
+                await flush(counts, engine)
             if sidecar_task is not None:
                 sidecar.stop()
                 await sidecar_task

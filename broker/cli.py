@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     sidecar.add_argument("--once", action="store_true", help="one pass over every pool")
     sidecar.set_defaults(func=_sidecar)
     events.add_parser(sub)
+    from . import cli_admin
+    cli_admin.register(sub)  # dni pools ..., dni numbers ...
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -34,6 +34,7 @@ async def session(scope: Scope, receive: Receive) -> bytes:
     body = await read_body(scope, receive, state.settings.max_body_bytes)
     req = decode(body, SessionRequest)
     res = await state.engine.session(req.pool_id, req.visitor_id, source_of(scope, body))
+    state.counts.add(req.pool_id, res.status)  # in memory; flushed to Redis by stats.py
     return encoder.encode(SessionResponse(res.status, res.number, res.session_id,
                                           res.expires_at, state.settings.heartbeat_s))
 
@@ -42,6 +43,8 @@ async def heartbeat(scope: Scope, receive: Receive) -> bytes:
     state = scope["app"].state
     req = decode(await read_body(scope, receive, state.settings.max_body_bytes), HeartbeatRequest)
     res = await state.engine.heartbeat(req.pool_id, req.visitor_id, req.session_id)
+    if res.status == "alive":
+        state.counts.add(req.pool_id, "alive")
     return encoder.encode(HeartbeatResponse(res.status, res.number, res.expires_at))
 
 

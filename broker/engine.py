@@ -46,6 +46,31 @@ class PoolNotFound(LookupError):
         self.pool_id = pool_id
 
 
+class NumberNotInPool(LookupError):
+    def __init__(self, pool_id: str, number: str) -> None:
+        super().__init__(f"{number} is not a number of pool {pool_id!r}")
+        self.pool_id = pool_id
+        self.number = number
+
+
+class NumberInUse(ValueError):
+    """A tracking number of another pool, or a pool's target/backup number (owner "")."""
+
+    def __init__(self, number: str, owner: str) -> None:
+        where = f"a tracking number of pool {owner!r}" if owner else \
+            "a pool's target or backup number"
+        super().__init__(f"{number} is already {where}")
+        self.number = number
+        self.owner = owner
+
+
+class Contention(RuntimeError):
+    """A lease kept changing under a number operation (never seen in practice)."""
+
+
+_RETRIES = 20
+
+
 def _s(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -124,3 +149,106 @@ class Engine:
         if total < 0:
             raise PoolNotFound(pool_id)
         return PoolStats(total, held, now)
+
+    # -- numbers of a pool ------------------------------------------------------------
+    # remove/activate re-check the holder lease the caller read; -2 means it changed.
+
+    async def _with_holder(self, name: str, pool_id: str, number: str,
+                           keys: list[str]) -> int:
+        k = self.keys
+        for _ in range(_RETRIES):
+            lease = _s(await self.redis.execute("HGET", k.holders(pool_id), number)) or ""
+            parts = lease.split("|")
+            visitor = parts[1] if len(parts) >= 3 else ""
+            code = await self._run(name, [*keys, k.visitor(pool_id, visitor)],
+                                   [number, lease, pool_id])
+            if code == -1:
+                raise PoolNotFound(pool_id)
+            if code == 0:
+                raise NumberNotInPool(pool_id, number)
+            if code != -2:
+                return code
+        raise Contention(f"the lease of {number} kept changing")
+
+    async def remove_number(self, pool_id: str, number: str) -> None:
+        """Take a number out of the pool; the session holding it ends at once."""
+        k = self.keys
+        await self._with_holder("remove_number", pool_id, number, [
+            k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id), k.holders(pool_id),
+            k.flows(pool_id), k.outbox(pool_id)])
+
+    async def activate_number(self, pool_id: str, number: str) -> bool:
+        """True if it was inactive (now active), False if it was active already."""
+        k = self.keys
+        code = await self._with_holder("activate_number", pool_id, number, [
+            k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id), k.holders(pool_id)])
+        return code == 1
+
+    async def deactivate_number(self, pool_id: str, number: str) -> bool:
+        """True if it was active (now inactive), False if it was inactive already."""
+        k = self.keys
+        code = await self._run("deactivate_number", [
+            k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id)], [number])
+        if code == -1:
+            raise PoolNotFound(pool_id)
+        if code == 0:
+            raise NumberNotInPool(pool_id, number)
+        return code == 1
+
+    # -- pools --------------------------------------------------------------------------
+
+    async def update_pool(self, pool_id: str, fields: dict[str, str]) -> None:
+        flat = [x for pair in fields.items() for x in pair]
+        if not await self._run("update_pool", [self.keys.pool(pool_id)], flat):
+            raise PoolNotFound(pool_id)
+
+    async def delete_pool(self, pool_id: str) -> bool:
+        """Delete the pool's settings once it has no numbers; False if numbers remain."""
+        k = self.keys
+        code = await self._run("delete_pool", [
+            k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id), k.holders(pool_id),
+            k.flows(pool_id)], [])
+        if code == -1:
+            raise PoolNotFound(pool_id)
+        return code == 1
+
+    # -- the global number index ----------------------------------------------------------
+
+    async def claim_numbers(self, pool_id: str, numbers: list[str]) -> None:
+        """Claim tracking numbers for a pool, all or none; NumberInUse otherwise."""
+        if not numbers:
+            return
+        k = self.keys
+        out = await self._run("claim_numbers", [k.number_index(), k.fixed_index()],
+                              [pool_id, *numbers])
+        if out[0] != 1:
+            raise NumberInUse(_s(out[1]), _s(out[2]))
+
+    async def release_numbers(self, pool_id: str, numbers: list[str]) -> int:
+        if not numbers:
+            return 0
+        return await self._run("release_numbers", [self.keys.number_index()],
+                               [pool_id, *numbers])
+
+    async def fix_numbers(self, add: list[str], drop: list[str]) -> None:
+        """Count target/backup numbers in the index; NumberInUse if one is tracking."""
+        if not add and not drop:
+            return
+        k = self.keys
+        out = await self._run("fix_numbers", [k.number_index(), k.fixed_index()],
+                              [len(add), *add, *drop])
+        if out[0] != 1:
+            raise NumberInUse(_s(out[1]), _s(out[2]))
+
+    # -- counts -------------------------------------------------------------------------
+
+    async def record_counts(self, pool_id: str, minute: int, counts: dict[str, int],
+                            bucket_ttl_s: int, threshold_pct: int,
+                            window_ms: int) -> tuple[int, int, bool]:
+        """Add counts to a minute bucket; (held, numbers, pressure started)."""
+        k = self.keys
+        flat = [x for pair in counts.items() for x in pair]
+        held, total, started = await self._run(
+            "record_counts", [k.pool(pool_id), k.numbers(pool_id), k.minute(pool_id, minute)],
+            [bucket_ttl_s, threshold_pct, window_ms, *flat])
+        return held, total, bool(started)

@@ -30,6 +30,30 @@ class Keys:
     def outbox(self, pool_id: str) -> str:
         return self._p(pool_id) + ":outbox"
 
+    def inactive(self, pool_id: str) -> str:
+        """Deactivated numbers: number -> free-from time, as in `numbers`."""
+        return self._p(pool_id) + ":inactive"
+
+    def flows(self, pool_id: str) -> str:
+        """number -> the call flow it routes to."""
+        return self._p(pool_id) + ":flows"
+
+    def minute(self, pool_id: str, minute: int) -> str:
+        """Answer counts and peak sessions of one minute (epoch minutes)."""
+        return self._p(pool_id) + f":m:{minute}"
+
+    def number_index(self) -> str:
+        """Global hash: tracking number -> pool id (one slot, tag `{numbers}`)."""
+        return f"{self.prefix}:index:{{numbers}}:tracking"
+
+    def fixed_index(self) -> str:
+        """Global hash: target/backup number -> count of pools naming it (same slot)."""
+        return f"{self.prefix}:index:{{numbers}}:fixed"
+
+    def events_stream(self) -> str:
+        """Operational events (pool.pressure) for downstream consumers."""
+        return f"{self.prefix}:events"
+
     def session_keys(self, pool_id: str, visitor_id: str) -> list[str]:
         """KEYS of session-5.lua (built in one go: this is the hot path)."""
         p = f"{self.prefix}:{{{pool_id}}}"
@@ -39,10 +63,6 @@ class Keys:
     def heartbeat_keys(self, pool_id: str, visitor_id: str) -> list[str]:
         """KEYS of heartbeat-4.lua."""
         return self.session_keys(pool_id, visitor_id)[:4]
-
-    def number_index(self) -> str:
-        """Hash: tracking number -> pool id, over all pools (call attribution, admin)."""
-        return f"{self.prefix}:numbers"
 
     def backup_index(self) -> str:
         """Hash: backup (fallback) number -> a pool id using it."""

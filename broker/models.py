@@ -67,32 +67,66 @@ class HeartbeatResponse(Struct):
     expires_at: int | None
 
 
+CallFlow = Annotated[str, Meta(max_length=200)]
+SessionTtl = Annotated[int, Meta(ge=1, le=86400)]
+PoolName = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class Buy(Struct):
+    """Buy `count` numbers (in `area_code`, containing `contains`) from `provider`."""
+
+    provider: Annotated[str, Meta(pattern=r"^[a-z_]{1,32}$")]
+    count: Annotated[int, Meta(ge=1, le=100)]
+    area_code: Annotated[str, Meta(pattern=r"^[0-9]{2,5}$")] | None = None
+    contains: Annotated[str, Meta(pattern=r"^[0-9]{1,10}$")] | None = None
+    country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")] = "US"
+
+
 class PoolCreate(Struct):
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: PoolName
     website_url: Url | None = None
     target_number: str | None = None
-    call_flow: Annotated[str, Meta(max_length=200)] | None = None
-    session_ttl_s: Annotated[int, Meta(ge=1, le=86400)] | None = None
+    call_flow: CallFlow | None = None
+    session_ttl_s: SessionTtl | None = None
     fallback_number: str | None = None
     policy: Literal["random", "lru"] = "random"
     numbers: Annotated[list[str], Meta(max_length=10000)] = []
+    buy: Buy | None = None
+
+
+class PoolUpdate(Struct):
+    """PATCH: fields left out are unchanged; null clears an optional field."""
+
+    name: PoolName | msgspec.UnsetType = msgspec.UNSET
+    website_url: Url | None | msgspec.UnsetType = msgspec.UNSET
+    target_number: str | None | msgspec.UnsetType = msgspec.UNSET
+    call_flow: CallFlow | None | msgspec.UnsetType = msgspec.UNSET
+    session_ttl_s: SessionTtl | msgspec.UnsetType = msgspec.UNSET
+    fallback_number: str | None | msgspec.UnsetType = msgspec.UNSET
+    policy: Literal["random", "lru"] | msgspec.UnsetType = msgspec.UNSET
 
 
 class NumbersAdd(Struct):
-    numbers: Annotated[list[str], Meta(min_length=1, max_length=10000)]
+    """Existing numbers and/or numbers to buy; `call_flow` defaults to the pool's."""
+
+    numbers: Annotated[list[str], Meta(max_length=10000)] = []
+    buy: Buy | None = None
+    call_flow: CallFlow | None = None
 
 
 _FIELD_CODES = {"pool_id": "invalid_pool_id", "visitor_id": "invalid_visitor_id",
                 "session_id": "invalid_session_id", "session_ttl_s": "invalid_session_ttl",
-                "policy": "invalid_policy"}
-_AT_RE = re.compile(r"- at `\$\.?([A-Za-z_]*)")
+                "policy": "invalid_policy", "provider": "invalid_provider",
+                "count": "invalid_count", "area_code": "invalid_area_code",
+                "contains": "invalid_pattern", "country": "invalid_country"}
+_AT_RE = re.compile(r"- at `\$((?:\.[A-Za-z_]+)*)")
 
 
 def _validation_code(message: str) -> str:
     if message.startswith("Object missing required field"):
         return "missing_field"
     m = _AT_RE.search(message)
-    field = m.group(1) if m else ""
+    field = m.group(1).rsplit(".", 1)[-1] if m else ""
     if field in _FIELD_CODES:
         return _FIELD_CODES[field]
     if "length <=" in message:

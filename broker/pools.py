@@ -1,14 +1,23 @@
-"""Pool records: creation, lookup and listing (the settings a pool's scripts read)."""
+"""Pools and their numbers: the admin operations, in the order that keeps the indexes true.
+
+A tracking number is claimed in the global number index before it enters a pool, and its
+claim is dropped only after it has left the pool; a pool's target and backup numbers are
+counted in the index of fixed numbers, so neither kind can become the other.
+"""
 
 from __future__ import annotations
 
 import secrets
 from typing import Any
 
-from .engine import Engine, PoolNotFound
+import msgspec
+
+from .engine import Engine, NumberInUse, NumberNotInPool, PoolNotFound
 from .errors import ApiError
-from .models import PoolCreate
+from .models import Buy, NumbersAdd, PoolCreate, PoolUpdate
 from .phone import InvalidNumber, normalize
+from .providers import (NotEnoughNumbers, Provider, ProviderError, buy_numbers,
+                        release_all)
 
 # Pool hash field -> public name. ttl_ms and fallback are read by the scripts.
 _PUBLIC = {"name": "name", "website_url": "website_url", "target_number": "target_number",
@@ -19,33 +28,69 @@ def normalize_all(raw: list[str], region: str) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     for item in raw:
-        try:
-            number = normalize(item, region)
-        except InvalidNumber as exc:
-            raise ApiError(422, "invalid_number", str(exc)) from None
+        number = normalize_one(item, region)
         if number not in seen:
             seen.add(number)
             out.append(number)
     return out
 
 
-def _optional_number(raw: str | None, region: str) -> str:
-    if raw is None or raw == "":
-        return ""
+def normalize_one(raw: object, region: str) -> str:
     try:
         return normalize(raw, region)
     except InvalidNumber as exc:
         raise ApiError(422, "invalid_number", str(exc)) from None
 
 
+def _optional_number(raw: str | None, region: str) -> str:
+    if raw is None or raw == "":
+        return ""
+    return normalize_one(raw, region)
+
+
+def _in_use(exc: NumberInUse) -> ApiError:
+    return ApiError(409, "number_in_use", str(exc))
+
+
+def _not_in_pool(exc: NumberNotInPool) -> ApiError:
+    return ApiError(404, "number_not_found", str(exc))
+
+
 class Pools:
-    def __init__(self, engine: Engine, region: str, default_ttl_s: int, heartbeat_s: int) -> None:
+    def __init__(self, engine: Engine, region: str, default_ttl_s: int, heartbeat_s: int,
+                 providers: dict[str, Provider] | None = None) -> None:
         self.engine = engine
         self.redis = engine.redis
         self.keys = engine.keys
         self.region = region
         self.default_ttl_s = default_ttl_s
         self.heartbeat_s = heartbeat_s
+        self.providers = providers or {}
+
+    # -- buying ---------------------------------------------------------------------------
+
+    def _provider(self, buy: Buy) -> Provider:
+        provider = self.providers.get(buy.provider)
+        if provider is None:
+            known = ", ".join(sorted(self.providers)) or "none"
+            raise ApiError(422, "provider_not_configured",
+                           f"no provider {buy.provider!r} is configured (configured: {known})")
+        return provider
+
+    async def _buy(self, buy: Buy | None, call_flow: str) -> tuple[Provider | None, list[str]]:
+        if buy is None:
+            return None, []
+        provider = self._provider(buy)
+        try:
+            bought = await buy_numbers(provider, buy.count, buy.area_code, buy.contains,
+                                       buy.country, call_flow or None)
+        except NotEnoughNumbers as exc:
+            raise ApiError(409, "not_enough_numbers", str(exc)) from None
+        except ProviderError as exc:
+            raise ApiError(502, "provider_error", str(exc)) from None
+        return provider, [normalize_one(n, self.region) for n in bought]
+
+    # -- pools ----------------------------------------------------------------------------
 
     async def create(self, req: PoolCreate) -> dict[str, Any]:
         numbers = normalize_all(req.numbers, self.region)
@@ -59,36 +104,53 @@ class Pools:
             "policy": req.policy,
             "ttl_ms": str(ttl_s * 1000),
         }
-        flat: list[str] = []
-        for name, value in fields.items():
-            flat += (name, value)
-        script = self.engine.scripts["create_pool"]
-        for _ in range(3):  # a random 64-bit id collides essentially never; check anyway
-            pool_id = secrets.token_hex(8)
-            keys = [self.keys.pool(pool_id), self.keys.numbers(pool_id)]
-            if await self.redis.evalsha(script, keys, [len(fields), *flat, *numbers]):
-                break
-        else:
-            raise RuntimeError("could not allocate a pool id")
+        fixed = [n for n in (fields["target_number"], fields["fallback"]) if n]
+        # check the fixed numbers before buying anything
+        try:
+            await self.engine.fix_numbers(fixed, [])
+        except NumberInUse as exc:
+            raise _in_use(exc) from None
+        pool_id = secrets.token_hex(8)  # 64 random bits: never seen twice
+        provider, bought = None, []
+        try:
+            provider, bought = await self._buy(req.buy, fields["call_flow"])
+            numbers += [n for n in bought if n not in numbers]
+            try:
+                await self.engine.claim_numbers(pool_id, numbers)
+            except NumberInUse as exc:
+                raise _in_use(exc) from None
+        except BaseException:
+            await self.engine.fix_numbers([], fixed)
+            if provider is not None:
+                await release_all(provider, bought)
+            raise
+        flat = [x for pair in fields.items() for x in pair]
+        keys = [self.keys.pool(pool_id), self.keys.numbers(pool_id)]
+        if not await self.redis.evalsha(self.engine.scripts["create_pool"], keys,
+                                        [len(fields), *flat, *numbers]):
+            raise RuntimeError(f"pool id {pool_id} exists already")
+        await self._set_flows(pool_id, numbers, fields["call_flow"])
         await self.redis.execute("SADD", self.keys.pool_index(), pool_id)
-        await self._index(pool_id, numbers)
-        if fields["fallback"]:
-            await self.redis.execute("HSET", self.keys.backup_index(), fields["fallback"], pool_id)
-        return await self.get(pool_id)
+        await self._set_backup(pool_id, None, fields["fallback"])
+        pool = await self.get(pool_id)
+        if bought:
+            pool["bought"] = bought
+        return pool
 
-    async def _index(self, pool_id: str, numbers: list[str]) -> None:
-        """Record number -> pool in the global index used to attribute calls."""
-        for i in range(0, len(numbers), 1000):
-            chunk = numbers[i:i + 1000]
-            await self.redis.execute("HSET", self.keys.number_index(),
-                                     *(x for n in chunk for x in (n, pool_id)))
+    async def _set_flows(self, pool_id: str, numbers: list[str], call_flow: str) -> None:
+        if numbers and call_flow:
+            flat = [x for n in numbers for x in (n, call_flow)]
+            await self.redis.execute("HSET", self.keys.flows(pool_id), *flat)
 
     async def get(self, pool_id: str) -> dict[str, Any]:
-        raw = await self.redis.execute("HGETALL", self.keys.pool(pool_id))
+        k = self.keys
+        raw = await self.redis.execute("HGETALL", k.pool(pool_id))
         if not raw:
             raise PoolNotFound(pool_id)
         h = {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
-        numbers = await self.redis.execute("ZRANGE", self.keys.numbers(pool_id), 0, -1)
+        numbers = await self.redis.execute("ZRANGE", k.numbers(pool_id), 0, -1)
+        inactive = await self.redis.execute("ZRANGE", k.inactive(pool_id), 0, -1)
+        flows = await self.redis.execute("HGETALL", k.flows(pool_id))
         pool: dict[str, Any] = {"id": pool_id}
         for field, public in _PUBLIC.items():
             pool[public] = h.get(field) or None
@@ -96,6 +158,9 @@ class Pools:
         pool["heartbeat_s"] = self.heartbeat_s
         pool["created_at"] = int(h.get("created_at", 0))
         pool["numbers"] = sorted(n.decode() for n in numbers)
+        pool["inactive_numbers"] = sorted(n.decode() for n in inactive)
+        pool["call_flows"] = {flows[i].decode(): flows[i + 1].decode()
+                              for i in range(0, len(flows), 2)}
         return pool
 
     async def list(self) -> list[dict[str, Any]]:
@@ -108,10 +173,118 @@ class Pools:
                 continue
         return pools
 
-    async def add_numbers(self, pool_id: str, raw: list[str]) -> dict[str, Any]:
-        numbers = normalize_all(raw, self.region)
-        added = await self.engine.add_numbers(pool_id, numbers)
-        await self._index(pool_id, numbers)
+    async def update(self, pool_id: str, req: PoolUpdate) -> dict[str, Any]:
+        current = await self.get(pool_id)
+        fields: dict[str, str] = {}
+        unset = msgspec.UNSET
+        if req.name is not unset:
+            fields["name"] = req.name
+        if req.website_url is not unset:
+            fields["website_url"] = req.website_url or ""
+        if req.call_flow is not unset:
+            fields["call_flow"] = req.call_flow or ""
+        if req.policy is not unset:
+            fields["policy"] = req.policy
+        if req.session_ttl_s is not unset:
+            fields["ttl_ms"] = str(req.session_ttl_s * 1000)
+        if req.target_number is not unset:
+            fields["target_number"] = _optional_number(req.target_number, self.region)
+        if req.fallback_number is not unset:
+            fields["fallback"] = _optional_number(req.fallback_number, self.region)
+        if not fields:
+            return current
+        old = [n for n in (current["target_number"], current["fallback_number"]) if n]
+        new = [fields.get("target_number", current["target_number"] or ""),
+               fields.get("fallback", current["fallback_number"] or "")]
+        new = [n for n in new if n]
+        add = [n for n in new if n not in old]
+        drop = [n for n in old if n not in new]
+        try:
+            await self.engine.fix_numbers(add, drop)
+        except NumberInUse as exc:
+            raise _in_use(exc) from None
+        try:
+            await self.engine.update_pool(pool_id, fields)
+        except PoolNotFound:
+            await self.engine.fix_numbers(drop, add)
+            raise
+        if "fallback" in fields:
+            await self._set_backup(pool_id, current["fallback_number"], fields["fallback"])
+        return await self.get(pool_id)
+
+    async def _set_backup(self, pool_id: str, old: str | None, new: str | None) -> None:
+        """Keep the backup number -> pool index (calls to it are `backup_number`)."""
+        index = self.keys.backup_index()
+        if old and old != new and await self.redis.execute("HGET", index, old) == pool_id.encode():
+            await self.redis.execute("HDEL", index, old)
+        if new:
+            await self.redis.execute("HSET", index, new, pool_id)
+
+    async def delete(self, pool_id: str) -> None:
+        """Remove every number (ending the sessions holding them), then the pool."""
+        k = self.keys
+        pool = await self.get(pool_id)
+        for _ in range(5):
+            numbers = [n.decode() for n in await self.redis.execute("ZRANGE", k.numbers(pool_id), 0, -1)]
+            numbers += [n.decode() for n in await self.redis.execute("ZRANGE", k.inactive(pool_id), 0, -1)]
+            for number in numbers:
+                try:
+                    await self.engine.remove_number(pool_id, number)
+                except NumberNotInPool:
+                    pass
+            await self.engine.release_numbers(pool_id, numbers)
+            if await self.engine.delete_pool(pool_id):
+                break
+        else:
+            raise ApiError(409, "pool_busy", "numbers kept being added while deleting; retry")
+        fixed = [n for n in (pool["target_number"], pool["fallback_number"]) if n]
+        await self.engine.fix_numbers([], fixed)
+        await self._set_backup(pool_id, pool["fallback_number"], None)
+        await self.redis.execute("SREM", k.pool_index(), pool_id)
+
+    # -- numbers --------------------------------------------------------------------------
+
+    async def add_numbers(self, pool_id: str, req: NumbersAdd) -> dict[str, Any]:
+        numbers = normalize_all(req.numbers, self.region)
+        if not numbers and req.buy is None:
+            raise ApiError(422, "missing_field", "give `numbers`, `buy` or both")
+        pool = await self.get(pool_id)
+        call_flow = req.call_flow if req.call_flow is not None else (pool["call_flow"] or "")
+        provider, bought = await self._buy(req.buy, call_flow)
+        numbers += [n for n in bought if n not in numbers]
+        try:
+            await self.engine.claim_numbers(pool_id, numbers)
+        except NumberInUse as exc:
+            if provider is not None:
+                await release_all(provider, bought)
+            raise _in_use(exc) from None
+        try:
+            added = await self.engine.add_numbers(pool_id, numbers)
+        except PoolNotFound:
+            await self.engine.release_numbers(pool_id, numbers)
+            raise
+        await self._set_flows(pool_id, numbers, call_flow)
         pool = await self.get(pool_id)
         pool["added"] = added
+        if bought:
+            pool["bought"] = bought
         return pool
+
+    async def remove_number(self, pool_id: str, raw: str) -> None:
+        number = normalize_one(raw, self.region)
+        try:
+            await self.engine.remove_number(pool_id, number)
+        except NumberNotInPool as exc:
+            raise _not_in_pool(exc) from None
+        await self.engine.release_numbers(pool_id, [number])
+
+    async def set_active(self, pool_id: str, raw: str, active: bool) -> dict[str, Any]:
+        number = normalize_one(raw, self.region)
+        try:
+            if active:
+                changed = await self.engine.activate_number(pool_id, number)
+            else:
+                changed = await self.engine.deactivate_number(pool_id, number)
+        except NumberNotInPool as exc:
+            raise _not_in_pool(exc) from None
+        return {"pool_id": pool_id, "number": number, "active": active, "changed": changed}

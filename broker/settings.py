@@ -59,13 +59,16 @@ class Settings:
     bench_routes: bool = False
     ip_mode: str = "full"
     ip_hash_key: str = ""
-    twilio_auth_token: str | None = None
     public_url: str | None = None
     call_grace_s: int = 1800
     sidecar: bool = True
     sidecar_interval_ms: int = 500
     stream_maxlen: int = 1_000_000
     max_deliveries: int = 5
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_api_url: str = "https://api.twilio.com"
+    stats_flush_ms: int = 1000
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -100,7 +103,6 @@ class Settings:
             bench_routes=_flag(env, "DNI_BENCH_ROUTES"),
             ip_mode=_choice(env, "DNI_IP_MODE", ("full", "truncate", "hash")),
             ip_hash_key=env.get("DNI_IP_HASH_KEY", ""),
-            twilio_auth_token=env.get("DNI_TWILIO_AUTH_TOKEN") or None,
             public_url=(env.get("DNI_PUBLIC_URL") or "").rstrip("/") or None,
             call_grace_s=_int(env, "DNI_CALL_GRACE_S", 1800, 0, 86400),
             sidecar=not env.get("DNI_SIDECAR") or _flag(env, "DNI_SIDECAR"),
@@ -108,4 +110,8 @@ class Settings:
             stream_maxlen=_int(env, "DNI_STREAM_MAXLEN", 1_000_000, 1000, 1 << 40),
             max_deliveries=_int(env, "DNI_MAX_DELIVERIES", 5, 1, 1000),
             redis_retry_s=_int(env, "DNI_REDIS_RETRY_MS", 3000, 0, 60000) / 1000,
+            twilio_account_sid=env.get("DNI_TWILIO_ACCOUNT_SID") or None,
+            twilio_auth_token=env.get("DNI_TWILIO_AUTH_TOKEN") or None,
+            twilio_api_url=env.get("DNI_TWILIO_API_URL") or "https://api.twilio.com",
+            stats_flush_ms=_int(env, "DNI_STATS_FLUSH_MS", 1000, 50, 60000),
         )

@@ -145,8 +145,11 @@ def numbers(count: int, start: int = 0) -> list[str]:
 def make_pool(admin: httpx.Client) -> Callable[..., dict]:
     """Factory: create a pool through the admin API and return the pool object."""
 
+    used = [0]  # a tracking number belongs to one pool: each pool gets fresh numbers
+
     def make(size: int = 5, **fields: object) -> dict:
-        body = {"name": "test pool", "numbers": numbers(size), **fields}
+        body = {"name": "test pool", "numbers": numbers(size, used[0]), **fields}
+        used[0] += size
         res = admin.post("/v1/pools", json=body)
         assert res.status_code == 201, res.text
         return res.json()

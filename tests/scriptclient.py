@@ -51,6 +51,33 @@ class Scripts:
         k = self.keys
         return self.run("add_numbers", [k.pool(pool_id), k.numbers(pool_id)], numbers)
 
+    def _with_holder(self, name: str, pool_id: str, number: str, keys: list[str]) -> int:
+        """Read the holder lease, then run the script with that visitor's record."""
+        for _ in range(20):
+            lease = _s(self.r.hget(self.keys.holders(pool_id), number)) or ""
+            visitor = lease.split("|")[1] if lease else ""
+            code = self.run(name, [*keys, self.keys.visitor(pool_id, visitor)],
+                            [number, lease, pool_id])
+            if code != -2:
+                return code
+        raise AssertionError("lease kept changing")
+
+    def remove_number(self, pool_id: str, number: str) -> int:
+        k = self.keys
+        return self._with_holder("remove_number", pool_id, number, [
+            k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id), k.holders(pool_id),
+            k.flows(pool_id), k.outbox(pool_id)])
+
+    def activate_number(self, pool_id: str, number: str) -> int:
+        k = self.keys
+        return self._with_holder("activate_number", pool_id, number, [
+            k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id), k.holders(pool_id)])
+
+    def deactivate_number(self, pool_id: str, number: str) -> int:
+        k = self.keys
+        return self.run("deactivate_number", [k.pool(pool_id), k.numbers(pool_id),
+                                              k.inactive(pool_id)], [number])
+
     def stats(self, pool_id: str) -> tuple[int, int, int]:
         k = self.keys
         return tuple(self.run("pool_stats", [k.pool(pool_id), k.numbers(pool_id)], []))
@@ -59,7 +86,7 @@ class Scripts:
 # An atomic snapshot of one pool for invariant checks (test-only; never shipped).
 SNAPSHOT_LUA = """
 local visitors = {}
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   local v = redis.call('HMGET', KEYS[i], 's', 'n')
   v[3] = redis.call('PEXPIRETIME', KEYS[i])
   visitors[#visitors + 1] = v
@@ -67,35 +94,40 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return {now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'),
-        redis.call('HGETALL', KEYS[2]), visitors}
+        redis.call('HGETALL', KEYS[2]), visitors, redis.call('ZRANGE', KEYS[3], 0, -1)}
 """
 
 
 def snapshot(client: redis.Redis, keys: Keys, pool_id: str, visitor_ids: list[str]) -> dict:
     """One pool read in one atomic step: {now, scores: {number: free_from},
-    holders: {number: lease}, records: {visitor: (sid, number)} for every visitor record
-    that exists at `now`, live: {visitor: (sid, number)} for those whose lease is valid}.
+    holders: {number: lease}, inactive: {deactivated numbers}, records: {visitor: (sid,
+    number)} for every visitor record that exists at `now`, live: {visitor: (sid, number)}
+    for those whose lease is valid}. A session on a deactivated number is live while its
+    record exists (it keeps its number to its end; the record is its lease).
 
     Redis checks key expiry against the time the script started, while TIME reads the
     clock later, so a record is counted only if it still exists at `now` (its expiry time
     >= now): both are then judged at the same instant."""
     vkeys = [keys.visitor(pool_id, v) for v in visitor_ids]
-    now, zr, hs, vs = client.eval(SNAPSHOT_LUA, 2 + len(vkeys), keys.numbers(pool_id),
-                                  keys.holders(pool_id), *vkeys)
+    now, zr, hs, vs, inactive = client.eval(
+        SNAPSHOT_LUA, 3 + len(vkeys), keys.numbers(pool_id), keys.holders(pool_id),
+        keys.inactive(pool_id), *vkeys)
+    inactive = {_s(n) for n in inactive}
     scores = {_s(zr[i]): float(zr[i + 1]) for i in range(0, len(zr), 2)}
     holders = {_s(hs[i]): _s(hs[i + 1]) for i in range(0, len(hs), 2)}
-    live, records = {}, {}
+    live, records, record_exp = {}, {}, {}
     for vid, (sid, number, expire_at) in zip(visitor_ids, vs):
         if sid is None or expire_at < now:
             continue
         sid, number = _s(sid), _s(number)
         records[vid] = (sid, number)
+        record_exp[vid] = expire_at + 1  # the lease's end
         lease = holders.get(number, "")
-        if (number in scores and scores[number] > now and lease.startswith(f"{sid}|{vid}|")
-                and not lease.endswith("|e")):
+        if (lease.startswith(f"{sid}|{vid}|") and not lease.endswith("|e") and (
+                (number in scores and scores[number] > now) or number in inactive)):
             live[vid] = (sid, number)
     return {"now": now, "scores": scores, "holders": holders, "live": live,
-            "records": records}
+            "records": records, "inactive": inactive, "lease_end": record_exp}
 
 
 def check_invariant(snap: dict, active_numbers: set[str]) -> None:
@@ -111,6 +143,8 @@ def check_invariant(snap: dict, active_numbers: set[str]) -> None:
     available = {n for n, s in scores.items() if s <= now}
     assert not held & available
     assert held | available == active_numbers == set(scores)
+    assert not snap["inactive"] & set(scores), "a number both active and inactive"
+    held_by_sessions = [n for n in held_by_sessions if n in scores]  # not the inactive
     # every held number belongs to exactly one live session, and vice versa; the one
     # exception is the last millisecond of a lease, where a record may already be gone
     # (fakeredis expires keys on the fractional millisecond; real Redis on whole ones)

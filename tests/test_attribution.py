@@ -149,6 +149,20 @@ def test_session_ended_carries_duration_and_heartbeats(http, make_pool, r):
     assert int(e["ended_at"]) - int(e["started_at"]) == int(e["duration_ms"]) >= 1000
 
 
+def test_removing_a_held_number_reports_the_session_end(http, admin, make_pool, r):
+    pool = make_pool(2, fallback_number="+15550199991")
+    s = start_session(http, pool["id"], "v")
+    res = admin.delete(f"/v1/pools/{pool['id']}/numbers/{s['number']}")
+    assert res.status_code == 204
+    ended = wait_for(lambda: [e for e in entries(r, "dni:sessions")
+                              if e["event"] == "session.ended"], timeout=5)
+    assert ended[0]["session_id"] == s["session_id"] and ended[0]["reason"] == "number_removed"
+    # the backup index follows the pool's settings
+    admin.patch(f"/v1/pools/{pool['id']}", json={"fallback_number": "+15550199992"})
+    assert post_call(admin, "+15550199991", "CA-old-backup")["reason"] == "not_a_pool_number"
+    assert post_call(admin, "+15550199992", "CA-new-backup")["reason"] == "backup_number"
+
+
 # ---------------------------------------------------------------- Twilio signatures
 
 def test_twilio_documented_example():

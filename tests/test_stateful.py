@@ -34,6 +34,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.client.flushall()
         self.s = Scripts(self.client)
         self.active = set(numbers(size))
+        self.inactive: set[str] = set()
         self.next_number = size
         self.backup = "+15550199999" if backup else ""
         self.s.make_pool(POOL, sorted(self.active), ttl_ms=TTL_MS, fallback=self.backup)
@@ -63,7 +64,7 @@ class PoolMachine(RuleBasedStateMachine):
         before = self._snap()
         now = before["now"]
         own = before["live"].get(visitor)
-        own_exp = before["scores"][own[1]] if own else 0
+        own_exp = before["lease_end"][visitor] if own else 0
         sure_free = [n for n, s in before["scores"].items() if s <= now]
         self.counter += 1
         status, number, sid, exp = self.s.session(POOL, visitor, f"s{self.counter}", pick)
@@ -90,7 +91,7 @@ class PoolMachine(RuleBasedStateMachine):
         status, number, exp = self.s.heartbeat(POOL, visitor, sid)
         if own is None or own[0] != sid:
             assert status == "expired"  # never revives, never takes a session over
-        elif before["scores"][own[1]] > before["now"] + MARGIN_MS:
+        elif before["lease_end"][visitor] > before["now"] + MARGIN_MS:
             assert (status, number) == ("alive", own[1])
         if status == "alive":
             self._told(sid, number, exp, new=False)
@@ -101,6 +102,49 @@ class PoolMachine(RuleBasedStateMachine):
         self.next_number += count
         assert self.s.add_numbers(POOL, new) == count
         self.active |= set(new)
+
+    @rule(data=st.data())
+    def remove_number(self, data: st.DataObject) -> None:
+        """The session holding the number ends at once: its next heartbeat is expired."""
+        pool = sorted(self.active | self.inactive)
+        if not pool:
+            return
+        number = data.draw(st.sampled_from(pool))
+        before = self._snap()
+        holder = [v for v, (_, n) in before["live"].items() if n == number]
+        assert self.s.remove_number(POOL, number) == 1
+        self.active.discard(number)
+        self.inactive.discard(number)
+        assert self.s.remove_number(POOL, number) == 0
+        for visitor in holder:
+            assert self.s.heartbeat(POOL, visitor, self.sids[visitor])[0] == "expired"
+            assert visitor not in self._snap()["records"]
+
+    @rule(data=st.data())
+    def deactivate_number(self, data: st.DataObject) -> None:
+        """Never assigned again; a session holding it keeps it to its end."""
+        if not self.active:
+            return
+        number = data.draw(st.sampled_from(sorted(self.active)))
+        before = self._snap()
+        holder = [v for v, (_, n) in before["live"].items() if n == number]
+        assert self.s.deactivate_number(POOL, number) == 1
+        self.active.discard(number)
+        self.inactive.add(number)
+        for visitor in holder:
+            if before["lease_end"][visitor] > before["now"] + MARGIN_MS:
+                assert self.s.heartbeat(POOL, visitor, self.sids[visitor])[:2] == ("alive", number)
+
+    @rule(data=st.data())
+    def activate_number(self, data: st.DataObject) -> None:
+        """Back in the pool: held (scored by its lease's end) if a session still holds it."""
+        if not self.inactive:
+            return
+        number = data.draw(st.sampled_from(sorted(self.inactive)))
+        assert self.s.activate_number(POOL, number) == 1
+        self.inactive.discard(number)
+        self.active.add(number)
+        assert self.s.activate_number(POOL, number) == 2
 
     @rule(ms=st.sampled_from([0, 40, 120, 300]))
     def wait(self, ms: int) -> None:

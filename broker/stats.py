@@ -1,0 +1,158 @@
+"""Answer counts, pool pressure and sizing.
+
+Counting stays out of the session script (the edge's hot path): each broker process
+counts its answers in a small in-memory dict (pool -> status -> count), and a background
+task flushes it about once a second (`DNI_STATS_FLUSH_MS`) into per-minute hashes
+`dni:{P}:m:{minute}` with record_counts-3.lua (HINCRBY, kept 25 hours). The dict only
+ever holds the pools that had traffic since the last flush, so memory is bounded by the
+number of pools. Counts of a process that dies are lost for at most one flush interval.
+
+Sizing is Erlang B: visitors arrive at rate lambda (new + fallback + unavailable answers
+per second over the last hour) and hold a number for the visit length plus the session
+length; the recommended size is the smallest pool whose blocking probability B(N, A),
+A = lambda * holding time, is at most the target (default 1%).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from .engine import Engine
+
+log = logging.getLogger("dni.stats")
+
+STATUSES = ("new", "reused", "fallback", "unavailable")
+FIELDS = (*STATUSES, "alive")  # alive: heartbeats answered alive (for the visit length)
+BUCKET_TTL_S = 25 * 3600
+PRESSURE_PCT = 80
+HOUR_MS = 3_600_000
+
+
+class Counts:
+    """In-memory answer counts of this process since the last flush."""
+
+    __slots__ = ("cur",)
+
+    def __init__(self) -> None:
+        self.cur: dict[str, dict[str, int]] = {}
+
+    def add(self, pool_id: str, status: str) -> None:
+        c = self.cur.get(pool_id)
+        if c is None:
+            c = self.cur[pool_id] = {}
+        c[status] = c.get(status, 0) + 1
+
+    def take(self) -> dict[str, dict[str, int]]:
+        cur, self.cur = self.cur, {}
+        return cur
+
+
+async def flush(counts: Counts, engine: Engine) -> None:
+    taken = counts.take()
+    if not taken:
+        return
+    minute = int(time.time() // 60)
+    for pool_id, c in taken.items():
+        held, total, started = await engine.record_counts(
+            pool_id, minute, c, BUCKET_TTL_S, PRESSURE_PCT, HOUR_MS)
+        if started:
+            await engine.redis.execute(
+                "XADD", engine.keys.events_stream(), "MAXLEN", "~", "100000", "*",
+                "event", "pool.pressure", "pool_id", pool_id, "active_sessions", str(held),
+                "numbers", str(total), "at", str(int(time.time() * 1000)))
+
+
+async def flusher(counts: Counts, engine: Engine, interval_s: float) -> None:
+    """Flush forever; errors are logged (the counts of that interval are lost)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await flush(counts, engine)
+        except Exception as exc:  # Redis away: keep serving, say so
+            log.warning("could not flush answer counts: %s", exc)
+
+
+def erlang_b(servers: int, load: float) -> float:
+    """Blocking probability of an M/G/N/N loss system with offered load `load` (Erlangs)."""
+    b = 1.0
+    for n in range(1, servers + 1):
+        b = load * b / (n + load * b)
+    return b
+
+
+def recommended_size(load: float, target: float) -> int:
+    """The smallest pool size whose blocking probability is at most `target`."""
+    if load <= 0:
+        return 0
+    b, n = 1.0, 0
+    while b > target:
+        n += 1
+        b = load * b / (n + load * b)
+    return n
+
+
+def _sum(buckets: list[list[Any]]) -> tuple[dict[str, int], int]:
+    totals = dict.fromkeys(FIELDS, 0)
+    peak = 0
+    for values in buckets:
+        for field, v in zip(FIELDS, values):
+            if v is not None:
+                totals[field] += int(v)
+        if values[-1] is not None:
+            peak = max(peak, int(values[-1]))
+    return totals, peak
+
+
+async def pool_stats(engine: Engine, pool_id: str, heartbeat_s: int,
+                     target: float = 0.01) -> dict[str, Any]:
+    k, redis = engine.keys, engine.redis
+    s = await engine.stats(pool_id)  # PoolNotFound if there is none
+    cfg, inactive = await asyncio.gather(
+        redis.execute("HMGET", k.pool(pool_id), "ttl_ms", "created_at", "pressure_at",
+                      "pressure_since"),
+        redis.execute("ZCARD", k.inactive(pool_id)))
+    ttl_ms, created_at, pressure_at, pressure_since = (int(v) if v else 0 for v in cfg)
+    now_min = s.now_ms // 60_000
+    buckets: list[list[Any]] = []
+    for start in range(0, 1440, 60):  # an hour at a time: bounded concurrency (Cluster)
+        buckets += await asyncio.gather(*(
+            redis.execute("HMGET", k.minute(pool_id, now_min - i), *FIELDS, "peak")
+            for i in range(start, start + 60)))
+    hour, peak_hour = _sum(buckets[:60])
+    day, peak_day = _sum(buckets)
+    peak_hour = max(peak_hour, s.active_sessions)
+    peak_day = max(peak_day, peak_hour)
+
+    window_s = max(60.0, min(3600.0, (s.now_ms - created_at) / 1000)) if created_at else 3600.0
+    arrivals = hour["new"] + hour["fallback"] + hour["unavailable"]
+    rate = arrivals / window_s
+    visit_s = hour["alive"] * heartbeat_s / hour["new"] if hour["new"] else 0.0
+    holding_s = visit_s + ttl_ms / 1000
+    load = rate * holding_s
+    pressure = bool(pressure_at) and s.now_ms - pressure_at <= HOUR_MS
+    return {
+        "pool_id": pool_id,
+        "numbers": s.numbers,
+        "inactive_numbers": inactive,
+        "active_sessions": s.active_sessions,
+        "available": s.numbers - s.active_sessions,
+        "utilization": round(s.utilization, 4),
+        "at": s.now_ms,
+        "counts": {"last_hour": {f: hour[f] for f in STATUSES},
+                   "last_day": {f: day[f] for f in STATUSES}},
+        "peak_concurrent": {"last_hour": peak_hour, "last_day": peak_day},
+        "pressure": pressure,
+        "pressure_since": pressure_since if pressure else None,
+        "sizing": {
+            "target_fallback": target,
+            "arrivals_per_s": round(rate, 6),
+            "mean_visit_s": round(visit_s, 3),
+            "holding_time_s": round(holding_s, 3),
+            "offered_load_erlangs": round(load, 4),
+            "fallback_probability": round(erlang_b(s.numbers, load), 6) if load else 0.0,
+            "recommended_size": recommended_size(load, target),
+        },
+    }

@@ -1,0 +1,57 @@
+--[[
+activate_number-5.lua: make a deactivated number assignable again.
+
+If a session still holds the number (its visitor record exists and names this number and
+the lease's session id), the number goes back scored by that session's lease expiry (the
+record's expiry + 1 ms), so it stays held; otherwise it is free at once (scored by its
+old free-from time, or now if that is later than now). The caller reads the lease from
+`holders` first and passes that visitor's record; the script re-checks it.
+
+KEYS[1] pool     hash (must exist)
+KEYS[2] numbers  sorted set of active numbers: number -> free-from time (epoch ms)
+KEYS[3] inactive sorted set of deactivated numbers: number -> free-from time (epoch ms)
+KEYS[4] holders  hash: number -> "session_id|visitor_id|started_ms" of its last lease
+KEYS[5] visitor  the record of the visitor named by ARGV[2] (any key of the pool's slot
+                 when ARGV[2] is "")
+ARGV[1] E.164 number
+ARGV[2] the lease the caller read from holders ("" when there was none)
+
+Returns 1 activated, 2 it was already active, 0 not in this pool, -1 no such pool,
+        -2 the lease changed since the caller read it (read it again and retry).
+Writes no stream entry. Cost: O(log n).
+]]
+local pool_key, numbers_key, inactive_key, holders_key, visitor_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local number, seen_lease = ARGV[1], ARGV[2]
+
+if redis.call('EXISTS', pool_key) == 0 then
+  return -1
+end
+local score = redis.call('ZSCORE', inactive_key, number)
+if not score then
+  if redis.call('ZSCORE', numbers_key, number) then
+    return 2
+  end
+  return 0
+end
+local lease = redis.call('HGET', holders_key, number) or ''
+if lease ~= seen_lease then
+  return -2
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local free_from = math.min(tonumber(score), now)
+if lease ~= '' then
+  local sid = string.match(lease, '^([^|]*)|')
+  local cur = redis.call('HMGET', visitor_key, 's', 'n')
+  if cur[1] == sid and cur[2] == number then
+    local record_expiry = redis.call('PEXPIRETIME', visitor_key)
+    if record_expiry > 0 then
+      free_from = record_expiry + 1
+    end
+  end
+end
+
+redis.call('ZREM', inactive_key, number)
+redis.call('ZADD', numbers_key, free_from, number)
+return 1

@@ -1,0 +1,56 @@
+--[[
+record_counts-3.lua: add one broker process's answer counts to a pool's per-minute
+bucket, note the pool's concurrent sessions in it (peak), and detect pool pressure.
+
+Each broker process counts its answers in memory and calls this about once a second per
+pool that had traffic, so the session script itself counts nothing. The concurrent
+sessions are sampled at each call; sessions only start on requests, so the peak of a
+minute in which requests came is seen to within one flush interval.
+
+KEYS[1] pool     hash: pressure_at (epoch ms of the last sample at or over the threshold)
+KEYS[2] numbers  sorted set of active numbers: number -> free-from time (epoch ms)
+KEYS[3] bucket   hash of one minute: new, reused, fallback, unavailable, alive (counts),
+                 peak (most concurrent sessions sampled)
+ARGV[1] bucket lifetime (seconds)
+ARGV[2] pressure threshold, percent of the active numbers (80)
+ARGV[3] pressure window (ms): pressure "starts" when none was seen for this long
+ARGV[4 ..] field, increment pairs
+
+Returns {held, numbers, started}: started is 1 when this sample begins a spell of
+pressure (the caller then writes a pool.pressure stream entry), else 0; {-1, -1, 0} when
+the pool does not exist (nothing written). Cost: O(log n).
+]]
+local pool_key, numbers_key, bucket_key = KEYS[1], KEYS[2], KEYS[3]
+local bucket_ttl_s = tonumber(ARGV[1])
+local threshold_pct = tonumber(ARGV[2])
+local window_ms = tonumber(ARGV[3])
+
+local prev = redis.call('HMGET', pool_key, 'ttl_ms', 'pressure_at')
+if not prev[1] then
+  return {-1, -1, 0}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local total = redis.call('ZCARD', numbers_key)
+local held = redis.call('ZCOUNT', numbers_key, '(' .. now, '+inf')
+local peak = tonumber(redis.call('HGET', bucket_key, 'peak') or '-1')
+local pressed = total > 0 and held * 100 >= total * threshold_pct
+local started = 0
+if pressed and (not prev[2] or now - tonumber(prev[2]) > window_ms) then
+  started = 1
+end
+
+for i = 4, #ARGV, 2 do
+  redis.call('HINCRBY', bucket_key, ARGV[i], ARGV[i + 1])
+end
+if held > peak then
+  redis.call('HSET', bucket_key, 'peak', held)
+end
+redis.call('EXPIRE', bucket_key, bucket_ttl_s)
+if pressed then
+  redis.call('HSET', pool_key, 'pressure_at', now)
+  if started == 1 then
+    redis.call('HSET', pool_key, 'pressure_since', now)
+  end
+end
+return {held, total, started}

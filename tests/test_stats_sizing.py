@@ -1,0 +1,149 @@
+"""Stats, pressure and sizing: counts over HTTP on real Redis, the lru policy's reuse
+order on real Redis, and the Erlang B recommendation against a discrete-event simulation."""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+
+import pytest
+
+from broker.stats import erlang_b, recommended_size
+from tests.conftest import numbers
+from tests.scriptclient import Scripts, snapshot
+from tests.test_edge_http import error_of
+
+
+def test_stats_count_answers_peak_and_pressure(admin, http, make_pool, r):
+    pool = make_pool(4, fallback_number="+15550199999", session_ttl_s=600)
+    pid = pool["id"]
+    sessions = [http.post("/v1/dni/session", json={"pool_id": pid, "visitor_id": f"v{i}"}).json()
+                for i in range(5)]  # 4 new, 1 fallback
+    http.post("/v1/dni/session", json={"pool_id": pid, "visitor_id": "v0"})  # reused
+    for s in sessions[:2]:
+        http.post("/v1/dni/heartbeat", json={"pool_id": pid, "visitor_id": "v0",
+                                             "session_id": sessions[0]["session_id"]})
+    time.sleep(1.5)  # the broker flushes its counts about once a second
+    st = admin.get(f"/v1/pools/{pid}/stats").json()
+    assert st["numbers"] == 4 and st["active_sessions"] == 4 and st["utilization"] == 1.0
+    want = {"new": 4, "reused": 1, "fallback": 1, "unavailable": 0}
+    assert st["counts"] == {"last_hour": want, "last_day": want}
+    assert st["peak_concurrent"] == {"last_hour": 4, "last_day": 4}
+    assert st["pressure"] is True and st["pressure_since"] <= st["at"]
+    sizing = st["sizing"]
+    assert sizing["target_fallback"] == 0.01
+    assert sizing["mean_visit_s"] == pytest.approx(2 * 60 / 4)  # 2 heartbeats, 4 sessions
+    assert sizing["holding_time_s"] == pytest.approx(30 + 600)
+    assert sizing["arrivals_per_s"] == pytest.approx(5 / 60, rel=1e-4)  # the pool is under a minute old
+    load = 5 / 60 * 630
+    assert sizing["offered_load_erlangs"] == pytest.approx(load, rel=1e-3)
+    assert sizing["recommended_size"] == recommended_size(load, 0.01)
+    assert sizing["fallback_probability"] == pytest.approx(erlang_b(4, load), rel=1e-3)
+    events = r.xrange("dni:events")
+    assert [(e[b"event"], e[b"pool_id"]) for _, e in events] == [(b"pool.pressure", pid.encode())]
+    assert events[0][1][b"active_sessions"] == b"4" and events[0][1][b"numbers"] == b"4"
+    # pressure goes on: no second entry while it lasts
+    http.post("/v1/dni/session", json={"pool_id": pid, "visitor_id": "v9"})
+    time.sleep(1.3)
+    assert len(r.xrange("dni:events")) == 1
+    # a looser target recommends no more numbers than a strict one
+    loose = admin.get(f"/v1/pools/{pid}/stats?target=0.2").json()["sizing"]
+    assert loose["recommended_size"] <= sizing["recommended_size"]
+    # the per-minute buckets expire on their own (kept 25 hours)
+    ttls = [r.ttl(k) for k in r.keys(f"dni:{{{pid}}}:m:*")]
+    assert ttls and all(24 * 3600 < t <= 25 * 3600 for t in ttls)
+
+
+def test_stats_of_all_pools_and_a_quiet_pool(admin, make_pool):
+    a, b = make_pool(2), make_pool(0, name="empty")
+    res = admin.get("/v1/stats")
+    assert res.status_code == 200
+    by_id = {p["pool_id"]: p for p in res.json()["pools"]}
+    assert set(by_id) == {a["id"], b["id"]}
+    assert by_id[a["id"]]["numbers"] == 2 and by_id[b["id"]]["utilization"] == 0.0
+    assert by_id[a["id"]]["sizing"]["recommended_size"] == 0
+    assert by_id[a["id"]]["pressure"] is False
+
+
+@pytest.mark.parametrize("target", ["0", "1", "x", "-0.1"])
+def test_stats_target_must_be_a_probability(admin, make_pool, target):
+    pool = make_pool(1)
+    for path in (f"/v1/pools/{pool['id']}/stats", "/v1/stats"):
+        res = admin.get(path, params={"target": target})
+        assert res.status_code == 422 and error_of(res) == "invalid_target"
+
+
+# -- lru ------------------------------------------------------------------------------------
+
+def test_lru_reuses_a_number_only_after_all_that_were_free_longer(r):
+    """Each assignment takes the number free the longest, so the gap between a number's
+    release and its next assignment is the longest possible: with one visitor at a time,
+    the numbers come round in turn; with random holds, every pick has the lowest score."""
+    s = Scripts(r)
+    pool = numbers(4)
+    s.make_pool("lru", pool, ttl_ms=30, policy="lru")
+    order = []
+    for i in range(12):
+        status, number, _, exp = s.session("lru", f"w{i}", f"s{i}", pick=random.getrandbits(31))
+        assert status == "new"
+        order.append(number)
+        time.sleep(max(0, exp / 1000 - time.time()) + 0.005)
+    assert order == pool * 3
+
+    s.make_pool("lru2", numbers(6, 100), ttl_ms=40, policy="lru")
+    rng = random.Random(7)
+    visitors = [f"x{i}" for i in range(10)]
+    for step in range(150):
+        v = rng.choice(visitors)
+        snap = snapshot(r, s.keys, "lru2", visitors)
+        free = sorted((score, n) for n, score in snap["scores"].items() if score <= snap["now"])
+        status, number, _, _ = s.session("lru2", v, f"t{step}", pick=rng.getrandbits(31))
+        if status == "new" and v not in snap["live"]:
+            # the number free longest at the snapshot (ties: lowest number), unless it
+            # was taken between the snapshot and the call (nothing else runs here)
+            assert free and number == free[0][1], (number, free)
+        time.sleep(rng.choice([0, 0.005, 0.02]))
+
+
+# -- Erlang B against a simulation --------------------------------------------------------------
+
+def simulate_fallback_rate(size: int, rate: float, holding: float, arrivals: int,
+                           seed: int) -> float:
+    """A discrete-event simulation of a pool: Poisson arrivals at `rate` per second, each
+    holding a number for `holding` seconds (visit plus session length, exponential around
+    its mean), a fallback when all `size` numbers are held."""
+    rng = random.Random(seed)
+    t = 0.0
+    ends: list[float] = []
+    blocked = 0
+    for _ in range(arrivals):
+        t += rng.expovariate(rate)
+        while ends and ends[0] <= t:
+            heapq.heappop(ends)
+        if len(ends) >= size:
+            blocked += 1
+        else:
+            heapq.heappush(ends, t + rng.expovariate(1 / holding))
+    return blocked / arrivals
+
+
+def test_erlang_b_known_values():
+    assert erlang_b(0, 5.0) == 1.0
+    assert erlang_b(1, 1.0) == pytest.approx(0.5)
+    assert erlang_b(10, 5.0) == pytest.approx(0.018385, rel=1e-4)  # standard tables
+    assert recommended_size(5.0, 0.01) == 11
+    assert recommended_size(0.0, 0.01) == 0
+
+
+@pytest.mark.parametrize("rate,holding", [(0.02, 1830.0), (0.1, 330.0)])
+def test_recommended_size_holds_the_target_in_simulation(rate, holding):
+    """A pool of the recommended size falls back at most at the target rate; one number
+    fewer does not. (Erlang B does not depend on the holding-time distribution.)"""
+    target = 0.01
+    load = rate * holding
+    size = recommended_size(load, target)
+    at_size = simulate_fallback_rate(size, rate, holding, 200_000, seed=1)
+    one_fewer = simulate_fallback_rate(size - 1, rate, holding, 200_000, seed=1)
+    assert at_size <= target < one_fewer, (size, at_size, one_fewer)
+    assert at_size == pytest.approx(erlang_b(size, load), abs=0.003)
