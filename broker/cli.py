@@ -12,15 +12,22 @@ from . import events
 from .settings import Settings, SettingsError
 
 
+def _settings() -> Settings | None:
+    """The settings, or None after a one-line message naming the bad variable."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"dni: {exc}", file=sys.stderr)
+        return None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .embedded import EmbeddedRedis, RedisNotInstalled
 
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"dni: {exc}", file=sys.stderr)
+    settings = _settings()
+    if settings is None:
         return 2
     embedded = None
     if not settings.redis_url:
@@ -62,10 +69,8 @@ def _sidecar(args: argparse.Namespace) -> int:
     from .scripts import load_scripts
     from .sidecar import Sidecar
 
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"dni: {exc}", file=sys.stderr)
+    settings = _settings()
+    if settings is None:
         return 2
     if not settings.redis_url:
         print("dni: set DNI_REDIS_URL to the broker's Redis", file=sys.stderr)
