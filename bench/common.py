@@ -211,7 +211,7 @@ def metadata(redis_url: str | None = None) -> dict:
 
 
 def dump(result: dict, path: str | None) -> None:
-    text = json.dumps(result, indent=2)
+    text = json.dumps(result, indent=2, default=str)
     if path:
         Path(path).write_text(text + "\n")
     else:

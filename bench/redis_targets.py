@@ -153,8 +153,50 @@ def engine_ratio(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None
                                 "evalsha_usec_per_call": ev.get("usec_per_call")}
         print(f"appendonly no: EVAL return 1 {one:9.0f}/s   session script {s:9.0f}/s   "
               f"ratio {s / one:.3f}   EVALSHA {ev.get('usec_per_call')} us")
+    if args.investigate:
+        investigate(args, redis, sha, out)
     print(f"\nmedian: EVAL return 1 {out['return1_rps_median']:.0f}/s, session script "
           f"{out['session_rps_median']:.0f}/s, ratio {out['ratio_median']:.3f} (target >= 0.7)")
+
+
+# Variants run only to measure (never loaded by the broker): what costs what in a call.
+VARIANTS = {
+    "return 1 with the session script's 5 keys and 7 args": "return 1",
+    "5 x redis.call('TIME') with the same keys and args":
+        "for i = 1, 5 do redis.call('TIME') end return 1",
+}
+
+
+def investigate(args: argparse.Namespace, redis: LocalRedis, sha: str, out: dict) -> None:
+    """Same load as above, one variant at a time: usec_per_call and throughput."""
+    c = redis.client
+    load = (args.clients, args.pipeline, args.requests)
+    keyspace = args.requests // 5
+    rows = {}
+    c.config_resetstat()
+    rps = redis_benchmark(redis.url, *load, 1, "EVAL", "return 1", "0")
+    rows["EVAL return 1 (no keys or args)"] = {
+        "rps": rps, "usec_per_call": commandstats(c)["eval"]["usec_per_call"]}
+    for name, body in VARIANTS.items():
+        vsha = c.script_load(body)
+        pool_id = make_pool(c, 2 * keyspace)
+        r = _cost(redis, args, vsha, pool_id, "__rand_int__", keyspace)
+        rows[name] = {"rps": r["rps"], "usec_per_call": r["evalsha_usec_per_call"]}
+    for label, ua, attr in (("session script, short user agent and attribution", "ua", "{}"),
+                            ("session script, as measured above", UA, ATTRIBUTION)):
+        pool_id = make_pool(c, 2 * keyspace)
+        cmd = session_cmd(sha, pool_id)
+        cmd[cmd.index(UA)] = ua
+        cmd[cmd.index(ATTRIBUTION)] = attr
+        c.config_resetstat()
+        rps = redis_benchmark(redis.url, *load, keyspace, *cmd)
+        rows[label] = {"rps": rps,
+                       "usec_per_call": commandstats(c)["evalsha"]["usec_per_call"]}
+        c.delete(f"dni:{{{pool_id}}}:outbox")
+    out["variants"] = rows
+    print("\nvariants under the same load (measurement only):")
+    for name, r in rows.items():
+        print(f"  {r['rps']:9.0f}/s  {r['usec_per_call']:6.2f} us/call  {name}")
 
 
 def _cost(redis: LocalRedis, args: argparse.Namespace, sha: str, pool_id: str,
@@ -253,6 +295,10 @@ def memory(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None:
     script = _scripts()["session"]
     c.script_load(script.body)
     n = args.sessions
+    if args.hash_max_listpack_value:
+        c.config_set("hash-max-listpack-value", args.hash_max_listpack_value)
+    out["hash_max_listpack_value"] = c.config_get("hash-max-listpack-value")[
+        "hash-max-listpack-value"]
     pool_id = make_pool(c, n)
 
     def used() -> int:
@@ -287,7 +333,7 @@ def memory(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None:
         "bytes_per_session_less_attribution": round(per - attribution, 1),
         "memory_usage_one_visitor_record": sample,
         "holders_hash_bytes_per_entry": round(c.memory_usage(p + ":holders", samples=0) / n, 1),
-        "visitor_record_encoding": c.object("encoding", p + ":v:" + visitors[0]),
+        "visitor_record_encoding": c.object("encoding", p + ":v:" + visitors[0]).decode(),
     })
     print(f"{n} sessions: {per:.0f} bytes each outside the outbox stream, {attribution} of "
           f"them attribution values (ip, ua, a): {per - attribution:.0f} bytes per session "
@@ -308,7 +354,12 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--pool-size", type=int, default=100_000)
     ap.add_argument("--live", type=int, default=1_000_000)
     ap.add_argument("--sessions", type=int, default=100_000)
+    ap.add_argument("--hash-max-listpack-value", type=int, default=None,
+                    help="memory: set this Redis option first (default: leave Redis's)")
     ap.add_argument("--keep-aof", action="store_true", help="skip the appendonly-no run")
+    ap.add_argument("--investigate", action="store_true",
+                    help="engine-ratio: also time variants (args only, redis.call overhead, "
+                    "argument sizes)")
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
     out: dict = {"target": args.target, "params": vars(args)}
