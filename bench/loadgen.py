@@ -391,7 +391,7 @@ def merge(spec: Spec, parts: list[dict]) -> dict:
     out = {
         "spec": spec_d,
         "requests": done,
-        "throughput": done / min(elapsed, spec.duration + spec.grace) if elapsed else 0.0,
+        "throughput": done / max(elapsed, spec.duration) if elapsed else 0.0,
         "offered_rate": None if spec.closed else spec.rate,
         "statuses": dict(sorted(statuses.items())),
         "errors": errors,

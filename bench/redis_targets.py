@@ -244,7 +244,7 @@ def scale(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None:
         res.setdefault("reuse_5_vs_100k_numbers", {"runs": []})["runs"].append([a, b])
     # 3. live sessions, same pool size: 1,000 vs 1,000,000 live sessions in a pool of
     #    live + 200,000 numbers; reuse path (random live visitor) and assign path
-    size = args.live + 200_000
+    size = args.live + args.spare
     for n_live in (1000, args.live):
         c.flushall()
         c.script_load(script.body)
@@ -353,6 +353,8 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pool-size", type=int, default=100_000)
     ap.add_argument("--live", type=int, default=1_000_000)
+    ap.add_argument("--spare", type=int, default=200_000,
+                    help="scale: free numbers beside the live sessions' (assign path)")
     ap.add_argument("--sessions", type=int, default=100_000)
     ap.add_argument("--hash-max-listpack-value", type=int, default=None,
                     help="memory: set this Redis option first (default: leave Redis's)")

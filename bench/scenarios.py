@@ -64,6 +64,8 @@ def edge(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[str,
     if args.url:
         url, token = args.url.rstrip("/"), args.token
         admin = None
+        if args.redis_url:  # the broker's Redis, for the record only
+            out["redis_url"] = args.redis_url
     else:
         broker = ctx.enter_context(Broker(args.workers, args.redis_url))
         url, token, admin = broker.url, broker.token, broker
