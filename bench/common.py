@@ -129,6 +129,10 @@ class LocalRedis:
         import redis
 
         self.client = redis.Redis.from_url(self.url)
+        if self.embedded is not None:
+            # An automatic AOF rewrite forks a child that takes a whole core for seconds,
+            # at random moments of a run: measure the steady state (AOF itself stays on).
+            self.client.config_set("auto-aof-rewrite-percentage", 0)
 
     @property
     def socket(self) -> str | None:
