@@ -57,6 +57,11 @@ class Broker:
         while time.monotonic() < deadline:
             try:
                 if self.admin.get("/readyz").status_code == 200:
+                    if not redis_url:  # see LocalRedis: no AOF rewrite fork mid-run
+                        import redis
+
+                        with redis.Redis.from_url(self.redis_url) as c:
+                            c.config_set("auto-aof-rewrite-percentage", 0)
                     return
             except httpx.TransportError:
                 pass
