@@ -205,9 +205,12 @@ def _cost(redis: LocalRedis, args: argparse.Namespace, sha: str, pool_id: str,
     c.config_resetstat()
     rps = redis_benchmark(redis.url, args.clients, args.pipeline, args.requests, keyspace,
                           *session_cmd(sha, pool_id, visitor))
-    ev = commandstats(c).get("evalsha", {})
+    stats = commandstats(c)
     c.delete(f"dni:{{{pool_id}}}:outbox")
-    return {"rps": rps, "evalsha_usec_per_call": ev.get("usec_per_call")}
+    return {"rps": rps, "evalsha_usec_per_call": stats.get("evalsha", {}).get("usec_per_call"),
+            "statuses_hint": {"zrange_calls": stats.get("zrange", {}).get("calls", 0)},
+            "inner_usec_per_call": {k: v["usec_per_call"] for k, v in stats.items()
+                                    if k not in ("evalsha", "config|resetstat")}}
 
 
 def scale(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None:
@@ -224,6 +227,9 @@ def scale(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None:
         print(f"{name}: {a['rps']:8.0f}/s {a['evalsha_usec_per_call']:.2f} us  ->  "
               f"{b['rps']:8.0f}/s {b['evalsha_usec_per_call']:.2f} us   cost x{ra:.3f}  "
               f"(target within 15%)", flush=True)
+        za, zb = (x.get("inner_usec_per_call", {}).get("zadd") for x in (a, b))
+        if za and zb:
+            print(f"    ZADD inside: {za:.2f} us -> {zb:.2f} us")
 
     # 1. pool size, assign path: session length 0, so every call assigns a number (the
     #    record and the lease end at once), on a 5- and a 100,000-number pool
@@ -244,7 +250,8 @@ def scale(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None:
         res.setdefault("reuse_5_vs_100k_numbers", {"runs": []})["runs"].append([a, b])
     # 3. live sessions, same pool size: 1,000 vs 1,000,000 live sessions in a pool of
     #    live + 200,000 numbers; reuse path (random live visitor) and assign path
-    size = args.live + args.spare
+    # enough free numbers that every assign-path call of every round gets one
+    size = args.live + max(args.spare, args.rounds * args.requests + 10_000)
     for n_live in (1000, args.live):
         c.flushall()
         c.script_load(script.body)
@@ -260,31 +267,23 @@ def scale(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None:
                 {"reuse": reuse, "assign": assign})
     c.flushall()
 
-    def med(runs: list, i: int, path: str | None = None) -> dict:
-        xs = [r[i] if path is None else r[path] for r in runs] if path is None else \
-            [r[path] for r in runs]
-        return {"rps": statistics.median(x["rps"] for x in xs),
+    def med(runs: list[dict]) -> dict:
+        return {"rps": statistics.median(x["rps"] for x in runs),
                 "evalsha_usec_per_call": statistics.median(x["evalsha_usec_per_call"]
-                                                           for x in xs)}
+                                                           for x in runs),
+                "inner_usec_per_call": runs[-1]["inner_usec_per_call"],
+                "assigned_share": runs[-1]["statuses_hint"]["zrange_calls"] / args.requests}
 
     print()
     for name in ("assign_5_vs_100k_numbers", "reuse_5_vs_100k_numbers"):
         runs = res[name]["runs"]
-        show(name, med([r[0] for r in runs], 0, "x") if False else
-             {"rps": statistics.median(r[0]["rps"] for r in runs),
-              "evalsha_usec_per_call": statistics.median(r[0]["evalsha_usec_per_call"]
-                                                         for r in runs)},
-             {"rps": statistics.median(r[1]["rps"] for r in runs),
-              "evalsha_usec_per_call": statistics.median(r[1]["evalsha_usec_per_call"]
-                                                         for r in runs)})
+        res[name].update(small=med([r[0] for r in runs]), big=med([r[1] for r in runs]))
+        show(name, res[name]["small"], res[name]["big"])
     live = res["live_sessions"]
     for path in ("reuse", "assign"):
         name = f"{path}_1k_vs_{args.live // 1000}k_live_sessions"
         res[name] = {}
-        a, b = ({"rps": statistics.median(x[path]["rps"] for x in live[n]),
-                 "evalsha_usec_per_call": statistics.median(x[path]["evalsha_usec_per_call"]
-                                                            for x in live[n])}
-                for n in (1000, args.live))
+        a, b = (med([x[path] for x in live[n]]) for n in (1000, args.live))
         res[name].update(small=a, big=b)
         show(name, a, b)
     out.update(res)
