@@ -253,7 +253,7 @@ def scale(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None:
     # enough free numbers that every assign-path call of every round gets one
     size = args.live + max(args.spare, args.rounds * args.requests + 10_000)
     for n_live in (1000, args.live):
-        c.flushall()
+        c.flushall(asynchronous=True)
         c.script_load(script.body)
         pool_id = make_pool(c, size)
         t = time.monotonic()
@@ -265,7 +265,7 @@ def scale(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None:
             assign = _cost(redis, args, sha, pool_id, "n__rand_int__", 10**9)
             res.setdefault("live_sessions", {}).setdefault(n_live, []).append(
                 {"reuse": reuse, "assign": assign})
-    c.flushall()
+    c.flushall(asynchronous=True)
 
     def med(runs: list[dict]) -> dict:
         return {"rps": statistics.median(x["rps"] for x in runs),
@@ -355,6 +355,8 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--spare", type=int, default=200_000,
                     help="scale: free numbers beside the live sessions' (assign path)")
     ap.add_argument("--sessions", type=int, default=100_000)
+    ap.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
+                    help="CONFIG SET this on the Redis first (repeatable)")
     ap.add_argument("--hash-max-listpack-value", type=int, default=None,
                     help="memory: set this Redis option first (default: leave Redis's)")
     ap.add_argument("--keep-aof", action="store_true", help="skip the appendonly-no run")
@@ -365,6 +367,9 @@ def main(argv: list[str]) -> dict:
     args = ap.parse_args(argv)
     out: dict = {"target": args.target, "params": vars(args)}
     with LocalRedis(args.redis_url) as redis:
+        for item in args.config:
+            name, _, value = item.partition("=")
+            redis.client.config_set(name, value)
         {"engine-ratio": engine_ratio, "scale": scale, "memory": memory}[args.target](
             args, redis, out)
         out["meta"] = metadata(redis.url)
