@@ -179,7 +179,7 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
     share = spec.connections // spec.procs + (1 if index < spec.connections % spec.procs else 0)
     model = VisitorModel(rate=max(per_rate, 1e-9), seed=index * 7919 + int(time.time()),
                          prefix=f"{spec.tag}{index}-", **spec.model)
-    hist, lag, interval = new_hist(), new_hist(), new_hist()
+    hist, lag, interval, service = new_hist(), new_hist(), new_hist(), new_hist()
     statuses: Counter = Counter()
     sids: dict[str, str] = {}
     leases: list[tuple] = []
@@ -226,9 +226,11 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
                 return item
 
     def done(slot: Any, label: str, sid: str | None, number: Any, exp: Any) -> None:
-        t_sched, _, op, vid = slot.item
-        us = max(1, min(MAX_US, int((clock() - t0 - t_sched) * 1e6)))
+        t_sched, t_sent, op, vid = slot.item
+        now = clock() - t0
+        us = max(1, min(MAX_US, int((now - t_sched) * 1e6)))
         hist.record_value(us)
+        service.record_value(max(1, min(MAX_US, int((now - t_sent) * 1e6))))
         interval.record_value(us)
         statuses[label] += 1
         state["done"] += 1
@@ -291,7 +293,7 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
     res = close()
     if asyncio.iscoroutine(res):
         await res
-    return {"hist": hist.encode(), "lag": lag.encode(), "statuses": dict(statuses),
+    return {"hist": hist.encode(), "lag": lag.encode(), "service": service.encode(), "statuses": dict(statuses),
             "sent": state["sent"], "done": state["done"], "skipped_heartbeats": state["skipped"],
             "unfinished": unfinished_backlog + in_flight, "elapsed": elapsed,
             "cpu_s": time.process_time(), "leases": leases}
@@ -376,12 +378,13 @@ def run(spec: Spec, progress: bool = True, label: str = "") -> dict:
 
 
 def merge(spec: Spec, parts: list[dict]) -> dict:
-    hist, lag = new_hist(), new_hist()
+    hist, lag, service = new_hist(), new_hist(), new_hist()
     statuses: Counter = Counter()
     leases: list = []
     for p in parts:
         hist.add(HdrHistogram.decode(p["hist"]))
         lag.add(HdrHistogram.decode(p["lag"]))
+        service.add(HdrHistogram.decode(p["service"]))
         statuses.update(p["statuses"])
         leases += p["leases"]
     elapsed = max(p["elapsed"] for p in parts)
@@ -399,6 +402,9 @@ def merge(spec: Spec, parts: list[dict]) -> dict:
         "skipped_heartbeats": sum(p["skipped_heartbeats"] for p in parts),
         "latency_ms": percentiles(hist),
         "send_lag_ms": percentiles(lag),
+        # from the moment the request was written: what the latency would be with no
+        # generator lag (the same as latency_ms in closed-loop runs)
+        "service_ms": percentiles(service),
         "generator_cpu_s": round(sum(p["cpu_s"] for p in parts), 2),
         "elapsed_s": round(elapsed, 2),
     }
@@ -428,7 +434,8 @@ def table(rows: list[tuple[str, dict]]) -> str:
         st = " ".join(f"{k}={v}" for k, v in r.get("statuses", {}).items())
         lines.append((name, f"{r['throughput']:.0f}", str(r["requests"]),
                       str(r["errors"] + r.get("unfinished", 0)),
-                      *(f"{lat.get(k, 0):.2f}" for k in ("p50", "p90", "p99", "p99.9")), st))
+                      *(f"{lat[k]:.2f}" if k in lat else "-"
+                        for k in ("p50", "p90", "p99", "p99.9")), st))
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w)
                                for i, (c, w) in enumerate(zip(row, widths))).rstrip()
