@@ -86,6 +86,9 @@ class _HttpSlot(asyncio.Protocol):
             body = b'{"pool_id":"%s","visitor_id":"%s","session_id":"%s"}' % (
                 spec.pool_id.encode(), vid.encode(), sid.encode())
         self.busy = True
+        if self.transport is None:  # closed by the server: an error, and the slot retires
+            asyncio.get_running_loop().call_soon(self.connection_lost, None)
+            return
         self.transport.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: text/plain\r\n"
                              b"User-Agent: dni-bench\r\nContent-Length: %d\r\n\r\n%s"
                              % (path, self.host, len(body), body))
@@ -111,10 +114,10 @@ class _HttpSlot(asyncio.Protocol):
         self.parser.feed_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
         if self.busy:
             self.busy = False
             self.done(self, "error", None, None, None)
-        self.transport = None
 
 
 class _CoroSlot:
@@ -239,17 +242,18 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
         if label == "new" and spec.record_leases:
             leases.append((number, vid, exp))
         if slot.__class__ is _HttpSlot and slot.transport is None:
-            return  # connection gone
+            slots.remove(slot)  # connection gone: one slot fewer
+            return
         nxt = take()
         if nxt is None:
             free.append(slot)
         else:
             start(slot, nxt)
 
+    if not spec.closed:
+        model.prime()  # first: connections left idle for long are closed by the server
     slots, close = await _make_slots(spec, max(1, share), done)
     free.extend(slots)
-    if not spec.closed:
-        model.prime()
     t0 = clock()
     last_report = 0.0
     if spec.closed:
