@@ -187,7 +187,7 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
     sids: dict[str, str] = {}
     leases: list[tuple] = []
     backlog: deque = deque()
-    free: list = []
+    free: deque = deque()  # FIFO: every connection stays in use (idle ones get closed)
     state = {"sent": 0, "done": 0, "skipped": 0, "stopping": False}
     t0 = 0.0
     clock = time.perf_counter
@@ -272,7 +272,7 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
                 if item is None:
                     pass
                 elif free:  # (a free slot means the backlog is empty)
-                    start(free.pop(), item)
+                    start(free.popleft(), item)
                 else:
                     backlog.append(item)
         if elapsed - last_report >= 1.0:
