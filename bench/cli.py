@@ -23,8 +23,11 @@ import sys
 import time
 from contextlib import ExitStack
 
-from . import loadgen
-from .common import dump, metadata
+try:
+    from . import loadgen
+    from .common import dump, metadata
+except ImportError as exc:  # an installed wheel without the extra
+    raise SystemExit(f"dni bench: {exc.name} is missing: pip install 'dni-broker[bench]'") from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
