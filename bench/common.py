@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent  # the source tree (site-packages when installed as dni_bench)
 
 
 def free_port() -> int:
@@ -34,8 +35,13 @@ class Broker:
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         self.tmp = tempfile.mkdtemp(prefix="dni-bench-")
+        import broker
+
+        # the broker this bench imported (the source tree's, or the installed one)
+        pkg_parent = str(Path(broker.__file__).resolve().parent.parent)
         env = dict(os.environ, DNI_ADMIN_TOKEN=token, DNI_DATA_DIR=self.tmp,
-                   DNI_BENCH_ROUTES="1")
+                   DNI_BENCH_ROUTES="1",
+                   PYTHONPATH=os.pathsep.join([pkg_parent, os.environ.get("PYTHONPATH", "")]))
         if redis_url:
             env["DNI_REDIS_URL"] = redis_url
         else:
@@ -51,6 +57,11 @@ class Broker:
         while time.monotonic() < deadline:
             try:
                 if self.admin.get("/readyz").status_code == 200:
+                    if not redis_url:  # see LocalRedis: no AOF rewrite fork mid-run
+                        import redis
+
+                        with redis.Redis.from_url(self.redis_url) as c:
+                            c.config_set("auto-aof-rewrite-percentage", 0)
                     return
             except httpx.TransportError:
                 pass
@@ -106,6 +117,68 @@ def run_wrk(url: str, duration: float, connections: int = 64, threads: int = 2,
     return {"rps": rps, "requests": total, "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
+class LocalRedis:
+    """A redis-server for engine runs: the broker's embedded one (AOF on, unix socket)."""
+
+    def __init__(self, redis_url: str | None = None) -> None:
+        self.tmp = None
+        self.embedded = None
+        if redis_url:
+            self.url = redis_url
+        else:
+            from broker.embedded import EmbeddedRedis
+
+            self.tmp = tempfile.mkdtemp(prefix="dni-bench-redis-")
+            self.embedded = EmbeddedRedis(self.tmp)
+            self.url = self.embedded.start()
+        import redis
+
+        self.client = redis.Redis.from_url(self.url)
+        if self.embedded is not None:
+            # An automatic AOF rewrite forks a child that takes a whole core for seconds,
+            # at random moments of a run: measure the steady state (AOF itself stays on).
+            self.client.config_set("auto-aof-rewrite-percentage", 0)
+
+    @property
+    def socket(self) -> str | None:
+        return self.url[len("unix://"):] if self.url.startswith("unix://") else None
+
+    def close(self) -> None:
+        self.client.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "LocalRedis":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_pool(client, size: int, ttl_ms: int = 1_800_000, fallback: str = "+15550199999",
+              policy: str = "random", prefix: str = "dni", start: int = 0) -> str:
+    """Create a pool straight in Redis with the broker's own create_pool script (any
+    session length, even 0, which the API does not accept); returns its id."""
+    import secrets
+
+    from broker.keys import Keys
+    from broker.scripts import load_scripts
+
+    scripts = load_scripts()
+    keys = Keys(prefix)
+    pool_id = secrets.token_hex(8)
+    fields = ["ttl_ms", str(ttl_ms), "fallback", fallback, "policy", policy, "name", "bench"]
+    numbers = [f"+1555{start + i:07d}" for i in range(size)]
+    cp, add = scripts["create_pool"], scripts["add_numbers"]
+    ks = [keys.pool(pool_id), keys.numbers(pool_id)]
+    client.eval(cp.body, 2, *ks, len(fields) // 2, *fields, *numbers[:10000])
+    for i in range(10000, size, 10000):
+        client.eval(add.body, 2, *ks, *numbers[i:i + 10000])
+    client.sadd(keys.pool_index(), pool_id)
+    return pool_id
+
+
 def metadata(redis_url: str | None = None) -> dict:
     """What a run ran against: commit, machine, versions, Redis INFO figures."""
     from importlib.metadata import PackageNotFoundError, version
@@ -141,12 +214,13 @@ def metadata(redis_url: str | None = None) -> dict:
         info = redis.Redis.from_url(redis_url).info()
         meta["redis"] = {k: info.get(k) for k in (
             "redis_version", "used_memory", "used_memory_human", "maxmemory_policy",
-            "aof_enabled", "connected_clients", "instantaneous_ops_per_sec")}
+            "aof_enabled", "connected_clients", "instantaneous_ops_per_sec",
+            "used_memory_peak", "mem_fragmentation_ratio", "db0")}
     return meta
 
 
 def dump(result: dict, path: str | None) -> None:
-    text = json.dumps(result, indent=2)
+    text = json.dumps(result, indent=2, default=str)
     if path:
         Path(path).write_text(text + "\n")
     else:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from .common import ROOT, Broker, dump, metadata, run_wrk
+from .common import HERE, Broker, dump, metadata, run_wrk
 
-WRK_SCRIPT = str(ROOT / "bench" / "wrk_session.lua")
+WRK_SCRIPT = str(HERE / "wrk_session.lua")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -96,7 +96,23 @@ def _sidecar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(argv: list[str]) -> int:
+    """`dni bench`: bench/ beside a source tree's broker/, else the wheel's dni_bench."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if (root / "bench" / "cli.py").is_file():
+        sys.path.insert(0, str(root))
+        from bench.cli import main as bench_main
+    else:
+        from dni_bench.cli import main as bench_main
+    return bench_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its options are parsed in bench/
+        return _bench(argv[1:])
     parser = argparse.ArgumentParser(prog="dni", description="DNI session broker")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the edge and admin HTTP API")
@@ -111,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     events.add_parser(sub)
     from . import cli_admin
     cli_admin.register(sub)  # dni pools ..., dni numbers ...
+    sub.add_parser("bench", help="load-test a broker: dni bench --help", add_help=False)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,211 @@
+"""The `dni bench` scenarios: edge, engine, pressure, naive, and the generator check."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Any
+
+from . import loadgen
+from .common import HERE, Broker, LocalRedis, make_pool, run_wrk
+from .naive import double_assignments
+
+
+def _model(args: argparse.Namespace) -> dict:
+    return {"new_share": args.new_share, "pages": args.pages, "visit_s": args.visit_s,
+            "heartbeat_s": args.heartbeat_s, "speed": args.speed}
+
+
+def _spec(args: argparse.Namespace, target: str, **kw: Any) -> loadgen.Spec:
+    base = dict(target=target, rate=args.rate or 0.0, duration=args.duration,
+                procs=args.procs, connections=args.connections, model=_model(args),
+                tag=uuid.uuid4().hex[:6])
+    base.update(kw)
+    return loadgen.Spec(**base)
+
+
+def _ttl_s(args: argparse.Namespace) -> int:
+    """The pool's session length in compressed time (the API takes whole seconds >= 1)."""
+    return max(1, round(args.session_s / args.speed))
+
+
+def _max_then_fraction(args: argparse.Namespace, make: Any, label: str) -> list[tuple[str, dict]]:
+    """--rate R: one open-loop run at R. Otherwise: the highest throughput (closed loop),
+    then open loop at --load-fraction of it (latency at half the peak, say). --ramp: open
+    loop at rising rates until p99 passes --p99-ms."""
+    runs: list[tuple[str, dict]] = []
+    if args.rate:
+        runs.append((f"{label} open {args.rate:.0f}/s", loadgen.run(make(rate=args.rate),
+                                                                   not args.quiet)))
+        return runs
+    peak = loadgen.run(make(closed=True), not args.quiet, "max ")
+    runs.append((f"{label} max (closed loop)", peak))
+    if args.ramp:
+        rate = peak["throughput"] * 0.25
+        while rate <= peak["throughput"] * 1.2:
+            r = loadgen.run(make(rate=rate), not args.quiet, f"{rate:.0f}/s ")
+            runs.append((f"{label} open {rate:.0f}/s", r))
+            if r["latency_ms"].get("p99", 1e9) > args.p99_ms or r["errors"]:
+                break
+            rate *= 1.25
+        return runs
+    rate = peak["throughput"] * args.load_fraction
+    runs.append((f"{label} open {rate:.0f}/s ({args.load_fraction:g} x max)",
+                 loadgen.run(make(rate=rate), not args.quiet, "open ")))
+    return runs
+
+
+def edge(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[str, dict]]:
+    """HTTP load on POST /v1/dni/session and /v1/dni/heartbeat of a broker."""
+    if args.url:
+        url, token = args.url.rstrip("/"), args.token
+        admin = None
+        if args.redis_url:  # the broker's Redis, for the record only
+            out["redis_url"] = args.redis_url
+    else:
+        broker = ctx.enter_context(Broker(args.workers, args.redis_url))
+        url, token, admin = broker.url, broker.token, broker
+        out["redis_url"] = broker.redis_url
+
+    def pool() -> str:
+        if args.pool:
+            return args.pool
+        if admin is not None:
+            return admin.create_pool(args.pool_size, ttl_s=_ttl_s(args))
+        import httpx
+
+        r = httpx.post(url + "/v1/pools", headers={"Authorization": f"Bearer {token}"},
+                       json={"name": "bench", "session_ttl_s": _ttl_s(args),
+                             "numbers": [f"+1555{i:07d}" for i in range(args.pool_size)],
+                             "fallback_number": "+15550199999"}, timeout=120)
+        r.raise_for_status()
+        return r.json()["id"]
+
+    return _max_then_fraction(args, lambda **kw: _spec(args, "http", url=url, pool_id=pool(),
+                                                       **kw), "edge")
+
+
+def engine(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[str, dict]]:
+    """The same visitor model straight against the Lua scripts (no HTTP)."""
+    redis = ctx.enter_context(LocalRedis(args.redis_url))
+    out["redis_url"] = redis.url
+
+    def make(**kw: Any) -> loadgen.Spec:
+        pool_id = make_pool(redis.client, args.pool_size, _ttl_s(args) * 1000)
+        return _spec(args, "engine", redis_url=redis.url, pool_id=pool_id, **kw)
+
+    return _max_then_fraction(args, make, "engine")
+
+
+def pressure(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[str, dict]]:
+    """Arrivals against a pool of a given size and session length: fallback rate and
+    utilization over time (sampled each second from Redis)."""
+    redis = ctx.enter_context(LocalRedis(args.redis_url))
+    out["redis_url"] = redis.url
+    ttl_ms = int(args.session_s / args.speed * 1000)
+    pool_id = make_pool(redis.client, args.pool_size, ttl_ms)
+    numbers_key = f"dni:{{{pool_id}}}:numbers"
+    samples: list[dict] = []
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def sample() -> None:
+        while not stop.wait(1.0):
+            sec, usec = redis.client.time()
+            now = sec * 1000 + usec // 1000
+            held = redis.client.zcount(numbers_key, f"({now}", "+inf")
+            samples.append({"t_s": round(time.monotonic() - t0, 1), "live_sessions": held,
+                            "utilization": round(held / args.pool_size, 3)})
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    rate = args.rate or 200.0
+    spec = _spec(args, "engine", rate=rate, redis_url=redis.url, pool_id=pool_id)
+    res = loadgen.run(spec, not args.quiet, "pressure ")
+    stop.set()
+    th.join()
+    st = res["statuses"]
+    sessions = sum(st.get(k, 0) for k in ("new", "reused", "fallback", "unavailable"))
+    m = loadgen.VisitorModel(rate=rate, **_model(args))
+    # Little's law: live sessions ~ new-session rate x how long one is held (the rest of
+    # the visit plus one session length after its last refresh), in compressed time.
+    hold_s = (args.visit_s + args.session_s) / args.speed
+    visits = m.visit_rate * args.new_share  # a returning visit mostly reuses its session
+    out["pressure"] = {
+        "pool_size": args.pool_size, "session_s": args.session_s, "rate": rate,
+        "fallback_rate": round(st.get("fallback", 0) / sessions, 4) if sessions else None,
+        "utilization_over_time": samples,
+        "peak_utilization": max((s["utilization"] for s in samples), default=None),
+        "estimated_live_sessions_littles_law": round(visits * hold_s),
+        "recommended_size_admin_api": None,  # the admin API does not recommend a size yet
+    }
+    return [("pressure", res)]
+
+
+def naive(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[str, dict]]:
+    """The naive read-choose-write baseline and the Lua engine, side by side, each on a
+    fresh pool of the same size and session length, under the same closed-loop contention
+    (every request a new visitor). Double assignments are counted from the answers."""
+    redis = ctx.enter_context(LocalRedis(args.redis_url))
+    out["redis_url"] = redis.url
+    ttl_ms = int(args.session_s * 1000)
+    model = {"new_share": 1.0, "pages": 1.0, "visit_s": 1.0, "heartbeat_s": 0.0, "speed": 1.0}
+    runs = []
+    summary = {}
+    for r in range(args.rounds):
+        for target in ("naive", "engine"):
+            pool_id = make_pool(redis.client, args.pool_size, ttl_ms)
+            spec = _spec(args, target, closed=True, redis_url=redis.url, pool_id=pool_id,
+                         ttl_ms=ttl_ms, model=model, record_leases=True)
+            res = loadgen.run(spec, not args.quiet, f"{target} ")
+            leases = res.pop("leases")
+            res["double_assignments"] = double_assignments(leases, ttl_ms)
+            res["leases"] = len(leases)
+            s = summary.setdefault(target, {"double_assignments": 0, "throughput": []})
+            s["double_assignments"] += res["double_assignments"]
+            s["throughput"].append(round(res["throughput"]))
+            runs.append((f"{target} round {r + 1}", res))
+    out["naive"] = summary
+    return runs
+
+
+def wrk_check(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[str, dict]]:
+    """Is the generator the bottleneck? wrk and this generator, closed loop, on the same
+    endpoint and connection count, alternating (new pool each run, 1 in 4 requests from a
+    new visitor, as in bench/wrk_session.lua with DNI_NEW_SHARE=0.25)."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install wrk")
+    broker = ctx.enter_context(Broker(args.workers, args.redis_url))
+    out["redis_url"] = broker.redis_url
+    runs = []
+    model = {"new_share": 1.0, "pages": 4.0, "visit_s": 60.0, "heartbeat_s": 0.0, "speed": 1.0}
+    for r in range(args.rounds):
+        pool_id = broker.create_pool(args.pool_size, start=(3 * r) * args.pool_size)
+        w = run_wrk(broker.url + "/v1/dni/session", args.duration, args.connections,
+                    script=str(HERE / "wrk_session.lua"),
+                    env={"DNI_POOL": pool_id, "DNI_NEW_SHARE": "0.25"})
+        runs.append((f"wrk round {r + 1}", {"throughput": w["rps"], "requests": w["requests"],
+                                            "errors": w["non_2xx"], "statuses": {}}))
+        for procs in sorted({1, args.procs}):
+            pool_id = broker.create_pool(args.pool_size, start=(3 * r + procs) * args.pool_size)
+            spec = _spec(args, "http", closed=True, url=broker.url, pool_id=pool_id,
+                         procs=procs, model=model)
+            runs.append((f"dni-bench {procs}p round {r + 1}",
+                         loadgen.run(spec, not args.quiet, f"{procs}p ")))
+    best: dict[str, list[float]] = {}
+    for name, res in runs:
+        best.setdefault(name.rsplit(" round", 1)[0], []).append(res["throughput"])
+    import statistics
+
+    med = {k: statistics.median(v) for k, v in best.items()}
+    out["wrk_check"] = {"median_rps": med,
+                        "ratio_vs_wrk": {k: round(v / med["wrk"], 3) for k, v in med.items()}}
+    return runs
+
+
+SCENARIOS = {"edge": edge, "engine": engine, "pressure": pressure, "naive": naive,
+             "wrk-check": wrk_check}

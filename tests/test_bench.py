@@ -1,0 +1,124 @@
+"""`dni bench`: each scenario runs for a second or two against the real Redis/broker
+fixtures and produces the documented output; the naive baseline's double assignments are
+detected. No timing is asserted (the machine is shared)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.naive import double_assignments
+from tests.conftest import ADMIN_TOKEN, ROOT
+
+LOAD = ["--duration", "1.5", "--procs", "1", "--quiet"]
+
+
+def run(tmp_path: Path, *argv: str) -> dict:
+    out = tmp_path / "out.json"
+    assert main([*argv, "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def check_record(rec: dict) -> None:
+    meta = rec["meta"]
+    assert meta["commit"] and meta["python"] and meta["machine"]["cores"]
+    assert meta["redis"]["redis_version"] and "used_memory" in meta["redis"]
+    assert meta["packages"]["hiredis"]
+    for r in rec["runs"]:
+        assert r["requests"] > 0 and r["throughput"] > 0
+        assert set(r["latency_ms"]) >= {"p50", "p90", "p99", "p99.9"}
+        assert r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] <= r["latency_ms"]["p99.9"]
+        assert isinstance(r["statuses"], dict) and r["errors"] == 0
+
+
+def test_engine_scenario_open_loop(tmp_path, redis_server, r):
+    rec = run(tmp_path, "engine", "--redis-url", redis_server, "--rate", "300",
+              "--pool-size", "100", "--speed", "60", *LOAD)
+    check_record(rec)
+    (res,) = rec["runs"]
+    assert res["offered_rate"] == 300
+    assert res["statuses"].get("new", 0) > 0
+    assert res["spec"]["target"] == "engine"
+
+
+def test_engine_scenario_peak_then_half(tmp_path, redis_server, r, capsys):
+    rec = run(tmp_path, "engine", "--redis-url", redis_server, "--pool-size", "100",
+              "--connections", "8", *LOAD)
+    check_record(rec)
+    peak, half = rec["runs"]
+    assert peak["spec"]["closed"] and not half["spec"]["closed"]
+    assert half["offered_rate"] == pytest.approx(peak["throughput"] * 0.5)
+    table = capsys.readouterr().out
+    assert "p99 ms" in table and "engine max (closed loop)" in table
+
+
+def test_edge_scenario_against_a_running_broker(tmp_path, broker, r):
+    rec = run(tmp_path, "edge", "--url", broker.url, "--token", ADMIN_TOKEN,
+              "--redis-url", broker.env["DNI_REDIS_URL"], "--rate", "200",
+              "--pool-size", "50", "--speed", "60", *LOAD)
+    check_record(rec)
+    st = rec["runs"][0]["statuses"]
+    assert st.get("new", 0) > 0 and set(st) <= {"new", "reused", "fallback", "alive",
+                                                "expired"}
+
+
+def test_pressure_reports_fallback_and_utilization(tmp_path, redis_server, r):
+    rec = run(tmp_path, "pressure", "--redis-url", redis_server, "--rate", "400",
+              "--pool-size", "5", "--session-s", "60", "--speed", "30", *LOAD)
+    p = rec["pressure"]
+    assert p["pool_size"] == 5 and 0 < p["fallback_rate"] < 1
+    assert p["utilization_over_time"] and p["peak_utilization"] == 1.0
+
+
+def test_naive_baseline_double_assigns_and_the_engine_does_not(tmp_path, redis_server, r):
+    rec = run(tmp_path, "naive", "--redis-url", redis_server, "--pool-size", "20",
+              "--connections", "32", *LOAD)
+    assert rec["naive"]["naive"]["double_assignments"] > 0
+    assert rec["naive"]["engine"]["double_assignments"] == 0
+    assert all(t > 0 for s in rec["naive"].values() for t in s["throughput"])
+
+
+def test_double_assignment_detection():
+    ttl = 1000
+    # number, visitor, expires_at
+    assert double_assignments([("+1", "a", 2000), ("+1", "b", 3000)], ttl) == 0  # back to back
+    assert double_assignments([("+1", "a", 2000), ("+1", "b", 2500)], ttl) == 1  # overlap
+    assert double_assignments([("+1", "a", 2000), ("+2", "b", 2000)], ttl) == 0
+    assert double_assignments([("+1", "a", 2000), ("+1", "a", 2500)], ttl) == 0  # same holder
+
+
+needs_rb = pytest.mark.skipif(shutil.which("redis-benchmark") is None,
+                              reason="redis-benchmark not installed")
+
+
+@needs_rb
+def test_engine_ratio_and_breakdown(tmp_path, redis_server, r):
+    rec = run(tmp_path, "engine-ratio", "--redis-url", redis_server, "--requests", "3000",
+              "--rounds", "1", "--investigate")
+    assert rec["ratio_median"] > 0
+    w = rec["where_the_time_goes"]
+    assert w["evalsha_usec_per_call"] > 0 and "zadd" in w["inner_commands"]
+    assert len(rec["variants"]) == 5
+
+
+@needs_rb
+def test_scale_and_memory(tmp_path, redis_server, r):
+    rec = run(tmp_path, "scale", "--redis-url", redis_server, "--requests", "2000",
+              "--rounds", "1", "--pool-size", "2000", "--live", "3000", "--spare", "3000")
+    for name in ("assign_5_vs_100k_numbers", "reuse_5_vs_100k_numbers",
+                 "reuse_1k_vs_3k_live_sessions", "assign_1k_vs_3k_live_sessions"):
+        assert rec[name]["cost_ratio"] > 0
+    rec = run(tmp_path, "memory", "--redis-url", redis_server, "--sessions", "2000")
+    assert rec["live_sessions"] == 2000 and rec["bytes_per_session_less_attribution"] > 0
+
+
+def test_dni_bench_is_a_dni_subcommand():
+    out = subprocess.run([sys.executable, "-m", "broker.cli", "bench", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "naive" in out.stdout and "edge" in out.stdout
