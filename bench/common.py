@@ -18,6 +18,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent  # the source tree (site-packages when installed as dni_bench)
+BACKUP = "+15559999999"  # the pools' backup number: outside every range of tracking numbers
 
 
 def free_port() -> int:
@@ -46,6 +47,7 @@ class Broker:
             env["DNI_REDIS_URL"] = redis_url
         else:
             env.pop("DNI_REDIS_URL", None)
+        self.next_number = 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "broker.cli", "serve", "--port", str(self.port),
              "--workers", str(workers), "--log-level", "warning"],
@@ -70,8 +72,12 @@ class Broker:
             time.sleep(0.1)
         raise RuntimeError("dni serve did not become ready")
 
-    def create_pool(self, size: int, ttl_s: int = 1800, fallback: str | None = "+15550199999",
-                    policy: str = "random", start: int = 0) -> str:
+    def create_pool(self, size: int, ttl_s: int = 1800, fallback: str | None = BACKUP,
+                    policy: str = "random", start: int | None = None) -> str:
+        """A pool of `size` fictional numbers; each pool gets numbers no other pool has
+        (a tracking number belongs to one pool)."""
+        if start is None:
+            start, self.next_number = self.next_number, self.next_number + size
         numbers = [f"+1555{start + i:07d}" for i in range(size)]
         r = self.admin.post("/v1/pools", json={"name": "bench", "numbers": numbers[:10000],
                                                 "session_ttl_s": ttl_s, "policy": policy,
@@ -156,7 +162,7 @@ class LocalRedis:
         self.close()
 
 
-def make_pool(client, size: int, ttl_ms: int = 1_800_000, fallback: str = "+15550199999",
+def make_pool(client, size: int, ttl_ms: int = 1_800_000, fallback: str = BACKUP,
               policy: str = "random", prefix: str = "dni", start: int = 0) -> str:
     """Create a pool straight in Redis with the broker's own create_pool script (any
     session length, even 0, which the API does not accept); returns its id."""

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
         for i in range(args.rounds):
             b = run_wrk(broker.url + "/bench/constant", args.duration, args.connections)
             c = run_wrk(broker.url + "/healthz", args.duration, args.connections)
-            pool_id = broker.create_pool(args.pool_size, start=i * args.pool_size)
+            pool_id = broker.create_pool(args.pool_size)
             s = run_wrk(broker.url + "/v1/dni/session", args.duration, args.connections,
                         script=WRK_SCRIPT,
                         env={"DNI_POOL": pool_id, "DNI_NEW_SHARE": str(args.new_share)})

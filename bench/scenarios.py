@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from . import loadgen
-from .common import HERE, Broker, LocalRedis, make_pool, run_wrk
+from .common import BACKUP, HERE, Broker, LocalRedis, make_pool, run_wrk
 from .naive import double_assignments
 
 
@@ -26,6 +26,16 @@ def _spec(args: argparse.Namespace, target: str, **kw: Any) -> loadgen.Spec:
                 tag=uuid.uuid4().hex[:6])
     base.update(kw)
     return loadgen.Spec(**base)
+
+
+_numbers_used = [0]
+
+
+def _next_numbers(count: int) -> int:
+    """The first of `count` fictional numbers no earlier pool of this run used."""
+    start = _numbers_used[0]
+    _numbers_used[0] += count
+    return start
 
 
 def _ttl_s(args: argparse.Namespace) -> int:
@@ -78,10 +88,12 @@ def edge(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[str,
             return admin.create_pool(args.pool_size, ttl_s=_ttl_s(args))
         import httpx
 
+        start = _next_numbers(args.pool_size)
         r = httpx.post(url + "/v1/pools", headers={"Authorization": f"Bearer {token}"},
                        json={"name": "bench", "session_ttl_s": _ttl_s(args),
-                             "numbers": [f"+1555{i:07d}" for i in range(args.pool_size)],
-                             "fallback_number": "+15550199999"}, timeout=120)
+                             "numbers": [f"+1555{start + i:07d}"
+                                         for i in range(args.pool_size)],
+                             "fallback_number": BACKUP}, timeout=120)
         r.raise_for_status()
         return r.json()["id"]
 

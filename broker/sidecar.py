@@ -31,7 +31,9 @@ from .source import flat
 
 log = logging.getLogger("dni.sidecar")
 
-BATCH = 500
+# Small batches: the sidecar shares its event loop (and Redis) with the edge, so each
+# step must be short. Between batches it yields, letting waiting requests run.
+BATCH = 64
 LEADER_TTL_MS = 10_000
 STATS_FIELDS = ("copied", "ended_reported", "trimmed", "trim_dropped_pending", "cycles")
 
@@ -78,6 +80,7 @@ class Sidecar:
             total += reported
             if not more:
                 return total
+            await asyncio.sleep(0)
 
     async def copy_outbox(self, pool_id: str) -> int:
         outbox, sessions = self.keys.outbox(pool_id), self.keys.sessions_stream()
@@ -96,6 +99,7 @@ class Sidecar:
             await asyncio.gather(*writes)  # one pipelined batch, in order
             await self.redis.execute("XDEL", outbox, *(entry_id for entry_id, _ in entries))
             copied += len(entries)
+            await asyncio.sleep(0)
 
     async def check_retention(self, stream: str) -> None:
         """Trim `stream` to the retention bound; warn when that drops unacknowledged
