@@ -14,6 +14,15 @@ from .models import (Attribution, HeartbeatRequest, HeartbeatResponse, SessionRe
 from .source import pack
 
 MAX_USER_AGENT = 512
+# Crawlers and link previewers would hold numbers no caller ever sees: they get `excluded`
+# (no Redis work) and the page keeps its own number.
+BOT_MARKERS = (b"bot", b"crawl", b"spider", b"slurp", b"lighthouse", b"facebookexternalhit")
+EXCLUDED = SessionResponse("excluded", None, None, None, 0)
+
+
+def is_bot(user_agent: bytes) -> bool:
+    ua = user_agent.lower()
+    return any(marker in ua for marker in BOT_MARKERS)
 
 
 def source_of(scope: Scope, body: bytes) -> bytes:
@@ -33,6 +42,9 @@ async def session(scope: Scope, receive: Receive) -> bytes:
     state = scope["app"].state
     body = await read_body(scope, receive, state.settings.max_body_bytes)
     req = decode(body, SessionRequest)
+    if is_bot(header(scope, b"user-agent") or b""):
+        state.counts.add(req.pool_id, "excluded")
+        return encoder.encode(EXCLUDED)
     res = await state.engine.session(req.pool_id, req.visitor_id, source_of(scope, body))
     state.counts.add(req.pool_id, res.status)  # in memory; flushed to Redis by stats.py
     return encoder.encode(SessionResponse(res.status, res.number, res.session_id,

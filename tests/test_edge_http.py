@@ -188,3 +188,17 @@ def test_openapi_document_names_the_contract(http):
     assert set(body["required"]) == {"pool_id", "visitor_id"}
     assert {"utm_source", "gclid", "fbclid", "msclkid", "landing_page"} <= set(body["properties"])
     assert body["properties"]["visitor_id"]["pattern"] == "^[A-Za-z0-9_.:-]{1,128}$"
+
+
+@pytest.mark.parametrize("ua", [
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (compatible; bingbot/2.0)", "facebookexternalhit/1.1",
+    "Mozilla/5.0 (compatible; YandexSpider/3.0)"])
+def test_known_bots_are_excluded_and_hold_nothing(http, make_pool, admin, ua):
+    pool = make_pool(1)
+    res = http.post("/v1/dni/session", headers={"User-Agent": ua},
+                    json={"pool_id": pool["id"], "visitor_id": "crawler"})
+    assert res.json() == {"status": "excluded", "number": None, "session_id": None,
+                          "expires_at": None, "heartbeat_s": 0}
+    person = http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": "p"})
+    assert person.json()["status"] == "new"  # the only number was still free
