@@ -11,7 +11,6 @@ acknowledges each after printing (at-least-once).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any, TextIO
 
@@ -140,17 +139,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--claim-idle-ms", type=int, default=30_000,
                    help="reclaim entries pending longer than this from dead consumers")
     t.add_argument("--max-deliveries", type=int,
-                   default=int(os.environ.get("DNI_MAX_DELIVERIES", "5")),
-                   help="entries delivered more often go to <stream>:dead")
+                   default=None,
+                   help="entries delivered more often go to <stream>:dead "
+                        "(default DNI_MAX_DELIVERIES, 5)")
     t.set_defaults(func=run_tail)
 
 
 def run_tail(args: argparse.Namespace) -> int:
-    url = os.environ.get("DNI_REDIS_URL")
-    if not url:
+    from .settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"dni: {exc}", file=sys.stderr)
+        return 2
+    if not settings.redis_url:
         print("dni: set DNI_REDIS_URL to the broker's Redis", file=sys.stderr)
         return 2
-    keys = Keys(os.environ.get("DNI_KEY_PREFIX", "dni"))
+    url = settings.redis_url
+    max_deliveries = args.max_deliveries or settings.max_deliveries
+    keys = Keys(settings.key_prefix)
     stream = keys.sessions_stream() if args.stream == "sessions" else keys.calls_stream()
     client = redis.Redis.from_url(url)
     try:
@@ -159,7 +167,7 @@ def run_tail(args: argparse.Namespace) -> int:
                 print("dni: --group needs --consumer", file=sys.stderr)
                 return 2
             Consumer(client, stream, args.group, args.consumer, args.claim_idle_ms,
-                     args.max_deliveries).run(args.follow)
+                     max_deliveries).run(args.follow)
         else:
             tail(client, stream, args.follow, sys.stdout)
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,32}$")
 
@@ -69,7 +69,6 @@ class Settings:
     twilio_auth_token: str | None = None
     twilio_api_url: str = "https://api.twilio.com"
     stats_flush_ms: int = 1000
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
