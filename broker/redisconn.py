@@ -31,6 +31,15 @@ class RedisUnavailable(ConnectionError):
     """Redis could not be reached within the retry budget."""
 
 
+class ConnectionLost(RedisUnavailable):
+    """The connection dropped with this command in flight (Redis restarting, say)."""
+
+
+# Error replies of a Redis that is up but cannot serve yet: starting (loading its AOF or
+# RDB), a replica without its primary, a cluster slot in migration. Worth waiting for.
+_TRANSIENT = ("LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+
 def parse_redis_url(url: str) -> dict[str, Any]:
     u = urlsplit(url)
     opts: dict[str, Any] = {
@@ -100,7 +109,7 @@ class _Protocol(asyncio.Protocol):
             self.connection_lost(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        err = RedisUnavailable(f"connection to Redis lost: {exc or 'closed'}")
+        err = ConnectionLost(f"connection to Redis lost: {exc or 'closed'}")
         self.buf.clear()
         while self.pending:
             fut = self.pending.popleft()
@@ -178,8 +187,15 @@ class PipelinedRedis:
         return await fut
 
     async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """Run a script: EVALSHA, then EVAL on NOSCRIPT; one retry after a lost connection."""
-        for attempt in (0, 1):
+        """Run a script: EVALSHA, then EVAL on NOSCRIPT (script cache flushed, Redis restarted).
+
+        A Redis restart is waited out for up to `retry_s`: a command in flight when the
+        connection drops is sent again, and so is one that finds Redis still loading its
+        data. The edge's scripts are safe to run twice: a session or heartbeat that did run
+        before the drop answers the same on the second run (`reused`, `ok`), and a call
+        posted twice is one call."""
+        deadline = 0.0
+        while True:
             try:
                 try:
                     return await self.execute("EVALSHA", script.sha, script.numkeys, *keys, *args)
@@ -187,10 +203,17 @@ class PipelinedRedis:
                     if not str(exc).startswith("NOSCRIPT"):
                         raise
                     return await self.execute("EVAL", script.body, script.numkeys, *keys, *args)
-            except RedisUnavailable:
-                if attempt:
+            except (ConnectionLost, RedisError) as exc:
+                transient = isinstance(exc, ConnectionLost) or str(exc).startswith(_TRANSIENT)
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self.retry_s
+                if not transient or now >= deadline:
+                    if transient:
+                        raise RedisUnavailable(f"Redis did not recover: {exc}") from exc
                     raise
-        raise AssertionError("unreachable")
+                if not isinstance(exc, ConnectionLost):
+                    await asyncio.sleep(0.05)
 
     async def load_scripts(self, scripts: list[Script]) -> None:
         for script in scripts:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 
 import httpx
 import pytest
@@ -61,11 +62,14 @@ def test_redis_restart_mid_run_costs_no_request():
     port = free_port()
     aof = ("--appendonly", "yes", "--appendfsync", "always")
     server = start_redis(tmp, port, *aof)
-    broker = BrokerProcess(f"redis://127.0.0.1:{port}/0").start()
+    broker = BrokerProcess(f"redis://127.0.0.1:{port}/0")
+    broker.env["DNI_REDIS_RETRY_MS"] = "10000"  # a slow machine may take seconds to restart
+    broker.start()
     restarts = []
     try:
-        admin = httpx.Client(base_url=broker.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        pool = admin.post("/v1/pools", json={"name": "r", "numbers": numbers(200)}).json()
+        with httpx.Client(base_url=broker.url,
+                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+            pool = admin.post("/v1/pools", json={"name": "r", "numbers": numbers(200)}).json()
 
         def restart() -> None:
             nonlocal server
@@ -77,9 +81,8 @@ def test_redis_restart_mid_run_costs_no_request():
 
         statuses = asyncio.run(_load_while(broker.url, pool["id"], 1280, 32, restart, 0.3))
         assert restarts == [1]
-        assert statuses.count(200) == len(statuses) == 1280
-        assert admin.get("/readyz").status_code == 200
-        admin.close()
+        assert statuses.count(200) == len(statuses) == 1280, (Counter(statuses), broker.log())
+        assert httpx.get(broker.url + "/readyz").status_code == 200
     finally:
         broker.stop()
         stop(server)
@@ -111,3 +114,70 @@ def test_readyz_is_503_when_redis_is_down():
         assert res.status_code == 503 and res.json()["error"]["code"] == "redis_unavailable"
     finally:
         stop(proc)
+
+
+class _FlakyRedis(asyncio.Protocol):
+    """A stand-in Redis that plays a restart: it drops the first connection with the first
+    command unanswered, then answers `-LOADING` a few times, then `:7` to everything."""
+
+    script: list[bytes]
+
+    def __init__(self, script: list[bytes]) -> None:
+        self.script = script
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for _ in range(data.count(b"*")):  # one RESP array per command
+            step = self.script.pop(0) if self.script else b":7\r\n"
+            if step == b"drop":
+                self.transport.close()
+                return
+            self.transport.write(step)
+
+
+async def _against_flaky(script: list[bytes], retry_s: float):
+    from broker.redisconn import PipelinedRedis
+    from broker.scripts import Script
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _FlakyRedis(script), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = PipelinedRedis(f"redis://127.0.0.1:{port}/0", retry_s)
+    try:
+        started = time.monotonic()
+        try:
+            return await client.evalsha(Script("t", 0, b"return 7", "0" * 40), [], []), \
+                time.monotonic() - started
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            return exc, time.monotonic() - started
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_lost_connection_and_loading_replies_are_waited_out():
+    loading = b"-LOADING Redis is loading the dataset in memory\r\n"
+    script = [b"drop", loading, loading, loading]
+    reply, _ = asyncio.run(_against_flaky(script, retry_s=3))
+    assert reply == 7 and script == []
+
+
+def test_redis_that_stays_loading_is_unavailable_after_the_budget():
+    from broker.redisconn import RedisUnavailable
+
+    loading = b"-LOADING Redis is loading the dataset in memory\r\n"
+    reply, took = asyncio.run(_against_flaky([loading] * 1000, retry_s=0.3))
+    assert isinstance(reply, RedisUnavailable) and "LOADING" in str(reply)
+    assert 0.3 <= took < 2
+
+
+def test_other_error_replies_are_not_retried():
+    from broker.redisconn import RedisError
+
+    script = [b"-ERR something else\r\n", b":7\r\n"]
+    reply, _ = asyncio.run(_against_flaky(script, retry_s=3))
+    assert isinstance(reply, RedisError) and str(reply) == "ERR something else"
+    assert script == [b":7\r\n"]
