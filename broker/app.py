@@ -24,6 +24,7 @@ from .keys import Keys
 from .pools import Pools
 from .providers import providers_from
 from .stats import Counts, flush, flusher
+from .ratelimit import RateLimiter
 from .redisconn import RedisError, RedisUnavailable, connect
 from .scripts import load_scripts
 from .settings import Settings
@@ -60,7 +61,7 @@ async def readyz(request: Request) -> Response:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message)
+    return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
 
 
 async def _pool_not_found(request: Request, exc: Exception) -> Response:
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.redis = redis
         app.state.engine = engine
         app.state.ip_policy = IpPolicy(settings.ip_mode, settings.ip_hash_key)
+        app.state.limiter = RateLimiter(settings.rate_limit_per_min)
         app.state.pools = Pools(engine, settings.default_region,
                                 settings.default_session_ttl_s, settings.heartbeat_s,
                                 providers_from(settings, redis, engine.keys))

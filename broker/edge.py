@@ -32,14 +32,22 @@ def source_of(scope: Scope, body: bytes) -> bytes:
     (DNI_TRUSTED_PROXIES, applied by the server before the app sees the request), stored
     as DNI_IP_MODE says. Only the attribution fields given are kept.
     """
-    client = scope.get("client")
-    ip = scope["app"].state.ip_policy.apply(client[0]) if client else ""
+    ip = client_ip(scope)
+    ip = scope["app"].state.ip_policy.apply(ip) if ip else ""
     ua = (header(scope, b"user-agent") or b"")[:MAX_USER_AGENT]
     return pack(ip, ua, encoder.encode(decode(body, Attribution)))
 
 
+def client_ip(scope: Scope) -> str:
+    """The peer's address, or the forwarded one when the peer is a trusted proxy (the
+    server applies DNI_TRUSTED_PROXIES before the app sees the request)."""
+    client = scope.get("client")
+    return client[0] if client else ""
+
+
 async def session(scope: Scope, receive: Receive) -> bytes:
     state = scope["app"].state
+    state.limiter.check(client_ip(scope))
     body = await read_body(scope, receive, state.settings.max_body_bytes)
     req = decode(body, SessionRequest)
     if is_bot(header(scope, b"user-agent") or b""):
@@ -53,6 +61,7 @@ async def session(scope: Scope, receive: Receive) -> bytes:
 
 async def heartbeat(scope: Scope, receive: Receive) -> bytes:
     state = scope["app"].state
+    state.limiter.check(client_ip(scope))
     req = decode(await read_body(scope, receive, state.settings.max_body_bytes), HeartbeatRequest)
     res = await state.engine.heartbeat(req.pool_id, req.visitor_id, req.session_id)
     if res.status == "alive":

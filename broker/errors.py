@@ -14,14 +14,17 @@ CORS_HEADERS = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
-def error_response(status: int, code: str, message: str, cors: bool = True) -> Response:
+def error_response(status: int, code: str, message: str, cors: bool = True,
+                   headers: dict[str, str] | None = None) -> Response:
     body = orjson.dumps({"error": {"code": code, "message": message}})
-    return Response(body, status, headers=CORS_HEADERS if cors else None,
-                    media_type="application/json")
+    all_headers = {**CORS_HEADERS, **(headers or {})} if cors else headers
+    return Response(body, status, headers=all_headers, media_type="application/json")

@@ -186,8 +186,9 @@ def twilio_broker(redis_server):
 
 @pytest.mark.parametrize("case", ["valid", "wrong_token", "changed_param", "missing_header"])
 def test_twilio_webhook_signature(twilio_broker, r, case):
-    admin = httpx.Client(base_url=twilio_broker.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    pool = admin.post("/v1/pools", json={"name": "tw", "numbers": ["+15550100001"]}).json()
+    with httpx.Client(base_url=twilio_broker.url,
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        pool = admin.post("/v1/pools", json={"name": "tw", "numbers": ["+15550100001"]}).json()
     params = {"CallSid": f"CA{case}", "From": "+14158675310", "To": "+15550100001",
               "AccountSid": "AC123", "CallStatus": "ringing", "Direction": "inbound"}
     url = "https://mycompany.com/v1/calls?foo=1&bar=2"
@@ -208,7 +209,6 @@ def test_twilio_webhook_signature(twilio_broker, r, case):
     else:
         assert res.status_code == 403 and res.json()["error"]["code"] == "bad_signature"
         assert not r.exists("dni:calls")
-    admin.close()
 
 
 # ---------------------------------------------------------------- privacy
@@ -229,13 +229,13 @@ def test_truncated_ip_is_what_is_stored(redis_server, r):
     b = BrokerProcess(redis_server, env={"DNI_IP_MODE": "truncate",
                                          "DNI_TRUSTED_PROXIES": "127.0.0.1"}).start()
     try:
-        admin = httpx.Client(base_url=b.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        pool = admin.post("/v1/pools", json={"name": "p", "numbers": ["+15550100001"]}).json()
-        s = httpx.post(b.url + "/v1/dni/session", headers={"X-Forwarded-For": "198.51.100.23"},
-                       json={"pool_id": pool["id"], "visitor_id": "v"}).json()
-        call = admin.post("/v1/calls", json={"to": s["number"], "call_id": "CA-ip"}).json()
+        with httpx.Client(base_url=b.url,
+                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+            pool = admin.post("/v1/pools", json={"name": "p", "numbers": ["+15550100001"]}).json()
+            s = httpx.post(b.url + "/v1/dni/session", headers={"X-Forwarded-For": "198.51.100.23"},
+                           json={"pool_id": pool["id"], "visitor_id": "v"}).json()
+            call = admin.post("/v1/calls", json={"to": s["number"], "call_id": "CA-ip"}).json()
         assert call["attribution"]["ip"] == "198.51.100.0"
-        admin.close()
     finally:
         b.stop()
 

@@ -58,6 +58,7 @@ def cluster_url() -> Iterator[str]:
 
 def test_broker_on_a_cluster(cluster_url: str):
     broker = BrokerProcess(cluster_url, env={"DNI_REDIS_CLUSTER": "1"}).start()
+    admin = None
     try:
         admin = httpx.Client(base_url=broker.url, timeout=30,
                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
@@ -104,6 +105,7 @@ def test_broker_on_a_cluster(cluster_url: str):
                                              "call_id": "CA-cluster"}).json() == call.json()
         assert nodes.xlen("dni:calls") == 1
         nodes.close()
-        admin.close()
     finally:
+        if admin is not None:
+            admin.close()
         broker.stop()

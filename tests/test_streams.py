@@ -46,9 +46,8 @@ def test_broker_killed_mid_load_loses_no_session(own_redis):
     `new` answer is in dni:sessions exactly once."""
     redis_server, r = own_redis
     b = BrokerProcess(redis_server, env={"DNI_SIDECAR": "0"}).start()
-    admin = httpx.Client(base_url=b.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    pool = admin.post("/v1/pools", json={"name": "k", "numbers": numbers(5000)}).json()
-    admin.close()
+    with httpx.Client(base_url=b.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        pool = admin.post("/v1/pools", json={"name": "k", "numbers": numbers(5000)}).json()
     new_sessions: set[str] = set()
     errors = 0
 

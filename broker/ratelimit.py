@@ -1,0 +1,62 @@
+"""Per-client rate limit of the edge API, so that one client cannot drain a pool.
+
+A script that asks for sessions under ever new visitor ids would hold every number of a
+pool and leave real visitors with the backup number. Each broker process therefore lets
+one client IP make at most `DNI_RATE_LIMIT` edge requests a minute on average, with
+bursts of up to a tenth of that (at least 10), and answers 429 `rate_limited` with a
+`Retry-After` beyond it. The snippet treats the 429 like any error: the page keeps its
+own number.
+
+The limit is a GCRA (generic cell rate algorithm): one float per client, the theoretical
+time its next request is due, so a check is a dict lookup and a comparison. Clients that
+have been quiet for longer than a burst are forgotten when the table grows, which keeps
+it bounded. It is per process: with N broker processes a client gets up to N times the
+limit, which is the usual trade of a limiter that costs no Redis round trip.
+
+The IP is the peer's, or the forwarded one from a trusted proxy (DNI_TRUSTED_PROXIES).
+Loopback peers are not limited: a local reverse proxy that is not configured as trusted
+would otherwise put every visitor behind one address, and local load tests would stop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from .errors import ApiError
+
+_LOOPBACK = ("127.", "::1")
+_SWEEP_AT = 50_000  # clients remembered before quiet ones are dropped
+
+
+class RateLimiter:
+    def __init__(self, per_minute: int) -> None:
+        self.enabled = per_minute > 0
+        self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
+        # A burst of up to a tenth of the minute's allowance, at least 10 requests.
+        self.tolerance = self.interval * max(10, per_minute // 10)
+        self.due: dict[str, float] = {}
+        self.limited = 0  # requests refused since start (for logs and tests)
+
+    def check(self, ip: str, now: float | None = None) -> None:
+        """Count one request of `ip`; raise ApiError(429) when it is over the limit."""
+        if not self.enabled or not ip or ip.startswith(_LOOPBACK):
+            return
+        if now is None:
+            now = time.monotonic()
+        due = self.due.get(ip, now)
+        if due < now:
+            due = now
+        wait = due - self.tolerance - now
+        if wait > 0:
+            self.limited += 1
+            raise ApiError(429, "rate_limited",
+                           f"too many requests from {ip}; retry in {math.ceil(wait)} s",
+                           {"retry-after": str(math.ceil(wait))})
+        self.due[ip] = due + self.interval
+        if len(self.due) > _SWEEP_AT:
+            self.sweep(now)
+
+    def sweep(self, now: float) -> None:
+        """Forget clients whose allowance is full again (they are as good as new)."""
+        self.due = {ip: due for ip, due in self.due.items() if due > now}

@@ -1,0 +1,79 @@
+"""The edge's per-client rate limit: 429 `rate_limited` beyond it, nothing lost below it."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from broker.errors import ApiError
+from broker.ratelimit import RateLimiter
+from tests.conftest import ADMIN_TOKEN, BrokerProcess, numbers
+
+
+def test_allows_a_burst_then_the_average_rate():
+    limiter = RateLimiter(per_minute=600)  # 10/s on average, bursts of 60
+    for _ in range(61):
+        limiter.check("203.0.113.9", now=100.0)
+    with pytest.raises(ApiError) as refused:
+        limiter.check("203.0.113.9", now=100.0)
+    assert refused.value.status == 429 and refused.value.code == "rate_limited"
+    assert refused.value.headers == {"retry-after": "1"}
+    limiter.check("198.51.100.1", now=100.0)  # another client is not affected
+    limiter.check("203.0.113.9", now=100.1)  # a tenth of a second frees one request
+    with pytest.raises(ApiError):
+        limiter.check("203.0.113.9", now=100.1)
+    assert limiter.limited == 2
+
+
+def test_refused_requests_do_not_count():
+    limiter = RateLimiter(per_minute=60)  # 1/s, bursts of 10
+    for _ in range(11):
+        limiter.check("203.0.113.9", now=0.0)
+    for _ in range(1000):  # a client that keeps hammering is not pushed further back
+        with pytest.raises(ApiError):
+            limiter.check("203.0.113.9", now=0.5)
+    limiter.check("203.0.113.9", now=1.0)
+
+
+def test_loopback_and_zero_are_not_limited():
+    limiter = RateLimiter(per_minute=1)
+    for _ in range(100):
+        limiter.check("127.0.0.1", now=0.0)
+        limiter.check("::1", now=0.0)
+    off = RateLimiter(per_minute=0)
+    for _ in range(100):
+        off.check("203.0.113.9", now=0.0)
+
+
+def test_the_table_forgets_quiet_clients():
+    limiter = RateLimiter(per_minute=600)
+    for i in range(50_001):
+        limiter.check(f"10.0.{i // 256}.{i % 256}", now=float(i) / 1e6)
+    limiter.check("203.0.113.9", now=60.0)  # everyone else is quiet by now
+    assert len(limiter.due) <= 2
+
+
+def test_edge_answers_429_with_the_error_shape(redis_server, r):
+    b = BrokerProcess(redis_server, env={"DNI_RATE_LIMIT": "60",
+                                         "DNI_TRUSTED_PROXIES": "127.0.0.1"}).start()
+    try:
+        with httpx.Client(base_url=b.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+            pool = admin.post("/v1/pools", json={"name": "rl", "numbers": numbers(50)}).json()
+        with httpx.Client(base_url=b.url, headers={"X-Forwarded-For": "203.0.113.9"}) as c:
+            answers = [c.post("/v1/dni/session", json={"pool_id": pool["id"],
+                                                       "visitor_id": f"v{i}"})
+                       for i in range(20)]
+            other = httpx.post(b.url + "/v1/dni/session", headers={
+                "X-Forwarded-For": "198.51.100.7"}, json={"pool_id": pool["id"],
+                                                          "visitor_id": "w"})
+        codes = [a.status_code for a in answers]
+        assert codes[:10] == [200] * 10 and set(codes[11:]) == {429}
+        refused = answers[-1]
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.headers["access-control-allow-origin"] == "*"
+        assert other.status_code == 200  # a different client is served
+        # a refused request held nothing: only the served visitors hold numbers
+        assert r.zcount(f"dni:{{{pool['id']}}}:numbers", "(0", "+inf") == codes.count(200) + 1
+    finally:
+        b.stop()
