@@ -30,10 +30,11 @@ class NaiveEngine:
         sec, usec = await r("TIME")
         now = int(sec) * 1000 + int(usec) // 1000
         expires_at = now + self.ttl_ms
-        sid, n = await r("HMGET", visitor_key, "s", "n")
+        sid, n, started, beats = await r("HMGET", visitor_key, "s", "n", "t", "h")
         if sid:  # reuse
-            await r("ZADD", k.numbers(pool_id), "XX", expires_at, n)
             await r("PEXPIREAT", visitor_key, expires_at - 1)
+            await r("HSET", k.holders(pool_id), n,
+                    b"|".join([sid, visitor_id.encode(), started, b"%d" % expires_at, beats]))
             return "reused", sid.decode(), n.decode(), expires_at
         # read ... choose ... write: the race is between these awaits
         free = await r("ZRANGEBYSCORE", k.numbers(pool_id), "-inf", now, "LIMIT", 0, 100)
@@ -42,11 +43,11 @@ class NaiveEngine:
         number = random.choice(free)
         new_sid, _ = _entropy.take()
         await r("ZADD", k.numbers(pool_id), "XX", expires_at, number)
-        await r("HSET", visitor_key, "s", new_sid, "n", number)
+        await r("HSET", visitor_key, "s", new_sid, "n", number, "t", now, "h", 0)
         await r("PEXPIREAT", visitor_key, expires_at - 1)
         num = number.decode()
-        await r("HSET", k.holders(pool_id), number, f"{new_sid}|{visitor_id}|{now}",
-                "h:" + num, 0, "a:" + num, '127.0.0.1\ndni-bench\n{"utm_source":"google"}')
+        await r("HSET", k.holders(pool_id), number, f"{new_sid}|{visitor_id}|{now}|{expires_at}|0",
+                "a:" + num, '127.0.0.1\ndni-bench\n{"utm_source":"google"}')
         await r("XADD", k.outbox(pool_id), "*", "event", "session.started", "pool_id", pool_id,
                 "session_id", new_sid, "visitor_id", visitor_id, "number", number)
         return "new", new_sid, number.decode(), expires_at

@@ -6,6 +6,7 @@ one place, to results or to exceptions (PoolNotFound).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from dataclasses import dataclass
@@ -130,7 +131,8 @@ class Engine:
 
     async def heartbeat(self, pool_id: str, visitor_id: str, session_id: str) -> HeartbeatResult:
         keys = self.keys.heartbeat_keys(pool_id, visitor_id)
-        status, number, expires_at = await self._run("heartbeat", keys, [session_id])
+        status, number, expires_at = await self._run("heartbeat", keys,
+                                                     [session_id, visitor_id])
         status = _s(status)
         if status == "no_pool":
             raise PoolNotFound(pool_id)
@@ -143,8 +145,25 @@ class Engine:
             raise PoolNotFound(pool_id)
         return added
 
-    async def stats(self, pool_id: str) -> PoolStats:
+    async def end_sessions(self, pool_id: str, batch: int = 64) -> int:
+        """Walk the numbers whose score passed (end_sessions-4.lua): report the leases
+        that ended, move the refreshed ones to their real end. Returns how many ended."""
         k = self.keys
+        keys = [k.pool(pool_id), k.numbers(pool_id), k.holders(pool_id), k.outbox(pool_id)]
+        total = 0
+        while True:
+            reported, more = await self._run("end_sessions", keys, [pool_id, batch])
+            total += reported
+            if not more:
+                return total
+            await asyncio.sleep(0)  # let requests in between batches
+
+    async def stats(self, pool_id: str) -> PoolStats:
+        """Numbers and live sessions. The walk first brings every score up to date, so
+        that sessions refreshed past their first score count as held (exact, not within
+        one sidecar interval)."""
+        k = self.keys
+        await self.end_sessions(pool_id, 500)
         total, held, now = await self._run("pool_stats", [k.pool(pool_id), k.numbers(pool_id)], [])
         if total < 0:
             raise PoolNotFound(pool_id)

@@ -61,8 +61,9 @@ class Keys:
                 p + ":outbox"]
 
     def heartbeat_keys(self, pool_id: str, visitor_id: str) -> list[str]:
-        """KEYS of heartbeat-4.lua."""
-        return self.session_keys(pool_id, visitor_id)[:4]
+        """KEYS of heartbeat-3.lua."""
+        p = f"{self.prefix}:{{{pool_id}}}"
+        return [p + ":pool", p + ":holders", p + ":v:" + visitor_id]
 
     def backup_index(self) -> str:
         """Hash: backup (fallback) number -> a pool id using it."""

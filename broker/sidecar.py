@@ -25,6 +25,7 @@ import os
 import socket
 from typing import Any
 
+from .engine import Engine
 from .keys import Keys
 from .scripts import Script
 from .source import flat
@@ -56,6 +57,7 @@ class Sidecar:
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
+        self.engine = Engine(redis, keys, scripts)
         self.maxlen = maxlen
         self.interval_s = interval_s
         self.me = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -71,16 +73,7 @@ class Sidecar:
             await self.redis.execute("HINCRBY", self.keys.sidecar_stats(), field, by)
 
     async def end_sessions(self, pool_id: str) -> int:
-        k = self.keys
-        keys = [k.pool(pool_id), k.numbers(pool_id), k.holders(pool_id), k.outbox(pool_id)]
-        total = 0
-        while True:
-            reported, more = await self.redis.evalsha(self.scripts["end_sessions"], keys,
-                                                      [pool_id, BATCH])
-            total += reported
-            if not more:
-                return total
-            await asyncio.sleep(0)
+        return await self.engine.end_sessions(pool_id, BATCH)
 
     async def copy_outbox(self, pool_id: str) -> int:
         outbox, sessions = self.keys.outbox(pool_id), self.keys.sessions_stream()

@@ -10,7 +10,8 @@ old free-from time, or now if that is later than now). The caller reads the leas
 KEYS[1] pool     hash (must exist)
 KEYS[2] numbers  sorted set of active numbers: number -> free-from time (epoch ms)
 KEYS[3] inactive sorted set of deactivated numbers: number -> free-from time (epoch ms)
-KEYS[4] holders  hash: number -> "session_id|visitor_id|started_ms" of its last lease
+KEYS[4] holders  hash: number -> its last lease "session_id|visitor_id|..." (see
+                 session-5.lua)
 KEYS[5] visitor  the record of the visitor named by ARGV[2] (any key of the pool's slot
                  when ARGV[2] is "")
 ARGV[1] E.164 number

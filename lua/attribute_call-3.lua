@@ -2,15 +2,17 @@
 attribute_call-3.lua: which session held a pool's number when a call came in (read only).
 
 KEYS[1] pool     hash (must exist)
-KEYS[2] numbers  sorted set: number -> free-from time (epoch ms) = the latest lease's end
-KEYS[3] holders  hash: N -> latest lease "sid|vid|started_ms[|e]", h:N, a:N source
+KEYS[2] numbers  sorted set: the pool's active numbers
+KEYS[3] holders  hash: N -> latest lease "sid|vid|started_ms|expires_ms|heartbeats[|e]",
+                 a:N source (see session-5.lua)
 ARGV[1] the called number (E.164)
 ARGV[2] the call's time (epoch ms), or "" for now
 ARGV[3] grace period (ms): how long after a session ended its number still credits it
 
 Only the number's latest lease is considered: a call is credited to it when the lease
 covers the call's time ("live"), or ended less than the grace period before it and the
-number has not been leased since ("grace").
+number has not been leased since ("grace"). The lease's end is the one its last refresh
+wrote (exact; the sorted set's score may lag it).
 
 Returns {match, lease|false, source|false, lease_end_ms|false, at_ms}, match one of
   "live", "grace", "no_session", "not_a_pool_number", "no_pool".
@@ -25,19 +27,16 @@ end
 if redis.call('EXISTS', pool_key) == 0 then
   return {'no_pool', false, false, false, at}
 end
-local score = redis.call('ZSCORE', numbers_key, number)
 local got = redis.call('HMGET', holders_key, number, 'a:' .. number)
 local lease, source = got[1], got[2]
 if not lease then
-  if not score then return {'not_a_pool_number', false, false, false, at} end
+  if not redis.call('ZSCORE', numbers_key, number) then
+    return {'not_a_pool_number', false, false, false, at}
+  end
   return {'no_session', false, false, false, at}
 end
-local started = tonumber(string.match(lease, '^[^|]*|[^|]*|([^|]*)'))
-local lease_end = tonumber(score or 0)
-if not score then
-  -- taken out of the pool's active numbers: its lease ended when it was reported so
-  if string.sub(lease, -2) ~= '|e' then lease_end = at + 1 end
-end
+local started, lease_end = string.match(lease, '^[^|]*|[^|]*|([^|]*)|([^|]*)|')
+started, lease_end = tonumber(started), tonumber(lease_end)
 if started <= at and at < lease_end then
   return {'live', lease, source, lease_end, at}
 end

@@ -10,7 +10,8 @@ reported yet is reported here (session.ended, ended now if its session was live)
 KEYS[1] pool     hash (must exist)
 KEYS[2] numbers  sorted set of active numbers: number -> free-from time (epoch ms)
 KEYS[3] inactive sorted set of deactivated numbers: number -> free-from time (epoch ms)
-KEYS[4] holders  hash: N -> "session_id|visitor_id|started_ms[|e]", h:N, a:N
+KEYS[4] holders  hash: N -> "session_id|visitor_id|started_ms|expires_ms|heartbeats[|e]",
+                 a:N (see session-5.lua)
 KEYS[5] flows    hash: number -> call flow
 KEYS[6] outbox   stream (event=session.ended)
 KEYS[7] visitor  the record of the visitor named by ARGV[2] (any key of the pool's slot
@@ -46,7 +47,6 @@ if lease ~= '' then
   holds = cur[1] == sid and cur[2] == number
 end
 
-local beats = redis.call('HGET', holders_key, 'h:' .. number) or '0'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -54,9 +54,9 @@ if holds then
   redis.call('DEL', visitor_key)
 end
 if lease ~= '' and string.sub(lease, -2) ~= '|e' then
-  local sid, vid, started = string.match(lease, '^([^|]*)|([^|]*)|([^|]*)$')
-  local ended_at = math.min(tonumber(active or inactive), now)
-  if holds then ended_at = now end
+  local sid, vid, started, lease_end, beats =
+    string.match(lease, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  local ended_at = math.min(tonumber(lease_end), now)
   redis.call('XADD', outbox_key, '*', 'event', 'session.ended', 'pool_id', pool_id,
     'session_id', sid, 'visitor_id', vid, 'number', number, 'started_at', started,
     'ended_at', ended_at, 'duration_ms', ended_at - tonumber(started),
@@ -64,6 +64,6 @@ if lease ~= '' and string.sub(lease, -2) ~= '|e' then
 end
 redis.call('ZREM', numbers_key, number)
 redis.call('ZREM', inactive_key, number)
-redis.call('HDEL', holders_key, number, 'h:' .. number, 'a:' .. number)
+redis.call('HDEL', holders_key, number, 'a:' .. number)
 redis.call('HDEL', flows_key, number)
 return 1

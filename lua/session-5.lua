@@ -8,19 +8,29 @@ session-5.lua: give a visitor their tracking number for one pool, atomically.
   fallback/unavailable  otherwise hold nothing and answer with the pool's backup number
           (or none).
 
-The pool's numbers live in one sorted set scored by the epoch ms at which each number is
-free (its lease's expiry; 0 for a number never leased). A number is available exactly when
-its score <= now, so an expired session returns its number with no background process.
+A lease is written in two places: the visitor record (its key expires with the lease, so
+it exists exactly while the lease holds) and the number's entry in the holders hash,
+which says until when the number is held. The pool's numbers sit in one sorted set
+scored by the time each one is free, as far as the set knows: the score is written when
+a number is leased and is a lower bound of the lease's end, because refreshes (reuse,
+heartbeat) only rewrite the two O(1) records and leave the sorted set alone. A number
+whose score has passed is therefore a candidate, and its holders entry decides: a lease
+that ended frees it (an expired session returns its number with no background process);
+a lease that was refreshed moves the number to its real end and the pick goes on. Each
+such move stands for at least one session length of refreshes, so it is paid for once
+per session length, and the sidecar makes them ahead of time (end_sessions-4.lua).
 
 KEYS[1] pool     hash: ttl_ms (session length, ms), fallback (E.164 or ""), policy
-KEYS[2] numbers  sorted set: member = E.164 number, score = free-from time (epoch ms)
+KEYS[2] numbers  sorted set: member = E.164 number, score = free-from time (epoch ms),
+                 written at assignment; never later than the lease's end
 KEYS[3] holders  hash, per number N of its latest lease:
-                   N      "session_id|visitor_id|started_ms", plus "|e" once ended
-                   h:N    heartbeats received
+                   N      "session_id|visitor_id|started_ms|expires_ms|heartbeats",
+                          plus "|e" once its end was reported
                    a:N    "ip\nuser_agent\nattribution JSON" (the session's source)
-KEYS[4] visitor  hash, the session itself: s session_id, n number. Its key expires
-                 1 ms before the lease, so the record exists only while its lease holds;
-                 whatever takes a number away early deletes the record with it.
+KEYS[4] visitor  hash, the session itself: s session_id, n number, t started_ms,
+                 h heartbeats. Its key expires 1 ms before the lease, so the record
+                 exists only while its lease holds; whatever takes a number away early
+                 deletes the record with it.
 KEYS[5] outbox   stream of session records for the sidecar (same hash slot)
 ARGV[1] session id to use if a new session starts (opaque string, no "|")
 ARGV[2] random non-negative integer (< 2^31) choosing among available numbers
@@ -35,7 +45,8 @@ Outbox entries, for each "new": event=session.started (with the source); and, wh
 number's previous lease has not been reported ended yet, event=session.ended for it
 (ended_at = when that lease ran out). The sidecar moves them to the consumers' stream.
 Clock: Redis's TIME, so every broker process shares one clock.
-Cost: O(log n) in the pool's numbers; nothing grows with live sessions.
+Cost: reuse O(1); assign O(log n) in the pool's numbers (plus one O(log n) move per
+number found refreshed, amortised as above); nothing grows with live sessions.
 ]]
 local pool_key, numbers_key, holders_key, visitor_key, outbox_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -54,42 +65,61 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expires_at = now + ttl_ms
 
--- Reuse: a visitor record exists only while its lease holds (its key expires 1 ms
--- before the lease, and whatever takes a number away early deletes the record), so the
--- number it names is still its own.
-local cur = redis.call('HMGET', visitor_key, 's', 'n')
+-- Reuse: a visitor record exists only while its lease holds, so the number it names is
+-- still its own. Refresh the record's expiry and the number's holders entry: O(1).
+local cur = redis.call('HMGET', visitor_key, 's', 'n', 't', 'h')
 if cur[1] then
-  redis.call('ZADD', numbers_key, 'XX', expires_at, cur[2])
   redis.call('PEXPIREAT', visitor_key, expires_at - 1)
+  redis.call('HSET', holders_key, cur[2], cur[1] .. '|' .. visitor_id .. '|' ..
+    (cur[3] or now) .. '|' .. expires_at .. '|' .. (cur[4] or 0))
   return {'reused', cur[2], cur[1], expires_at}
 end
 
--- Assign: available numbers hold ranks 0..k-1 of the set ordered by free-from time.
+-- Assign: candidates hold ranks 0..k-1 of the set ordered by free-from time.
 local k = redis.call('ZCOUNT', numbers_key, '-inf', now)
-if k == 0 then
+local lru = cfg[3] == 'lru'
+local number, prev
+while k > 0 do
+  local rank = 0
+  if not lru then rank = rand % k end
+  local picked = redis.call('ZRANGE', numbers_key, rank, rank, 'WITHSCORES')
+  local cand = picked[1]
+  local lease = redis.call('HGET', holders_key, cand)
+  local lease_end = lease and tonumber(string.match(lease, '^[^|]*|[^|]*|[^|]*|([^|]*)|'))
+  if not lease_end or lease_end <= tonumber(picked[2]) or (lease_end <= now and not lru) then
+    number, prev = cand, lease  -- free
+    break
+  end
+  -- Its lease was refreshed after its score was written: move the number to the lease's
+  -- end. Held until then: pick again among the others. Ended since (`lru` only): free,
+  -- but for less long than its score said, so look at the order again.
+  redis.call('ZADD', numbers_key, 'XX', lease_end, cand)
+  if lease_end > now then
+    k = k - 1
+    rand = (rand * 48271 + 11) % 2147483647
+  end
+end
+if not number then
   local fallback = cfg[2]
   if fallback and fallback ~= '' then
     return {'fallback', fallback, false, false}
   end
   return {'unavailable', false, false, false}
 end
-local rank = 0
-if cfg[3] ~= 'lru' then rank = rand % k end
-local picked = redis.call('ZRANGE', numbers_key, rank, rank, 'WITHSCORES')
-local number, freed_at = picked[1], picked[2]
-local prev = redis.call('HMGET', holders_key, number, 'h:' .. number)
 
-if prev[1] and string.sub(prev[1], -2) ~= '|e' then
-  local sid, vid, started = string.match(prev[1], '^([^|]*)|([^|]*)|([^|]*)$')
+if prev and string.sub(prev, -2) ~= '|e' then
+  local sid, vid, started, ended_at, beats =
+    string.match(prev, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
   redis.call('XADD', outbox_key, '*', 'event', 'session.ended', 'pool_id', pool_id,
     'session_id', sid, 'visitor_id', vid, 'number', number, 'started_at', started,
-    'ended_at', freed_at, 'duration_ms', tonumber(freed_at) - tonumber(started),
-    'heartbeats', prev[2] or '0')
+    'ended_at', ended_at, 'duration_ms', tonumber(ended_at) - tonumber(started),
+    'heartbeats', beats)
 end
-local lease = new_sid .. '|' .. visitor_id .. '|' .. now
 redis.call('ZADD', numbers_key, 'XX', expires_at, number)
-redis.call('HSET', holders_key, number, lease, 'h:' .. number, 0, 'a:' .. number, source)
-redis.call('HSET', visitor_key, 's', new_sid, 'n', number)
+redis.call('HSET', holders_key, number,
+  new_sid .. '|' .. visitor_id .. '|' .. now .. '|' .. expires_at .. '|0',
+  'a:' .. number, source)
+redis.call('HSET', visitor_key, 's', new_sid, 'n', number, 't', now, 'h', 0)
 redis.call('PEXPIREAT', visitor_key, expires_at - 1)
 redis.call('XADD', outbox_key, '*', 'event', 'session.started', 'pool_id', pool_id,
   'session_id', new_sid, 'visitor_id', visitor_id, 'number', number, 'started_at', now,

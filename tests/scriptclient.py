@@ -44,7 +44,8 @@ class Scripts:
         return tuple(_s(v) for v in out)
 
     def heartbeat(self, pool_id: str, visitor_id: str, sid: str) -> tuple:
-        out = self.run("heartbeat", self.keys.heartbeat_keys(pool_id, visitor_id), [sid])
+        out = self.run("heartbeat", self.keys.heartbeat_keys(pool_id, visitor_id),
+                       [sid, visitor_id])
         return tuple(_s(v) for v in out)
 
     def add_numbers(self, pool_id: str, numbers: list[str]) -> int:
@@ -98,12 +99,18 @@ return {now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'),
 """
 
 
+def lease_end(lease: str) -> int:
+    """The end (epoch ms) a lease "sid|vid|started|expires|heartbeats[|e]" was given."""
+    return int(lease.split("|")[3])
+
+
 def snapshot(client: redis.Redis, keys: Keys, pool_id: str, visitor_ids: list[str]) -> dict:
-    """One pool read in one atomic step: {now, scores: {number: free_from},
-    holders: {number: lease}, inactive: {deactivated numbers}, records: {visitor: (sid,
-    number)} for every visitor record that exists at `now`, live: {visitor: (sid, number)}
-    for those whose lease is valid}. A session on a deactivated number is live while its
-    record exists (it keeps its number to its end; the record is its lease).
+    """One pool read in one atomic step: {now, scores: {number: score}, holders: {number:
+    lease}, inactive: {deactivated numbers}, records: {visitor: (sid, number)} for every
+    visitor record that exists at `now`, live: {visitor: (sid, number)} for those whose
+    lease (the number's holders entry) is theirs and unexpired, lease_end: {visitor: end
+    of the lease by its record's expiry}}. A session on a deactivated number is live while
+    its record exists (it keeps its number to its end).
 
     Redis checks key expiry against the time the script started, while TIME reads the
     clock later, so a record is counted only if it still exists at `now` (its expiry time
@@ -123,30 +130,34 @@ def snapshot(client: redis.Redis, keys: Keys, pool_id: str, visitor_ids: list[st
         records[vid] = (sid, number)
         record_exp[vid] = expire_at + 1  # the lease's end
         lease = holders.get(number, "")
-        if (lease.startswith(f"{sid}|{vid}|") and not lease.endswith("|e") and (
-                (number in scores and scores[number] > now) or number in inactive)):
+        if (lease.startswith(f"{sid}|{vid}|") and not lease.endswith("|e")
+                and lease_end(lease) > now):
             live[vid] = (sid, number)
     return {"now": now, "scores": scores, "holders": holders, "live": live,
             "records": records, "inactive": inactive, "lease_end": record_exp}
 
 
 def check_invariant(snap: dict, active_numbers: set[str]) -> None:
-    """No two live sessions share a number; held numbers are not available;
-    held + available = the pool's active numbers; every visitor record that exists is a
-    live session (its lease on its number is its own)."""
-    now, scores, live = snap["now"], snap["scores"], snap["live"]
+    """No two live sessions share a number; a held number is not available; held +
+    available = the pool's active numbers; every visitor record that exists is a live
+    session whose lease ends with it; a held number's score never passes its lease's end
+    (session-5.lua: scores are lower bounds, which the assignment checks)."""
+    now, scores, live, holders = snap["now"], snap["scores"], snap["live"], snap["holders"]
     for vid, (sid, number) in snap["records"].items():
         assert live.get(vid) == (sid, number), f"record of {vid} without its lease: {snap}"
+        assert lease_end(holders[number]) == snap["lease_end"][vid], (vid, snap)
     held_by_sessions = [n for _, n in live.values()]
     assert len(held_by_sessions) == len(set(held_by_sessions)), f"shared number: {live}"
-    held = {n for n, s in scores.items() if s > now}
-    available = {n for n, s in scores.items() if s <= now}
-    assert not held & available
+    held = {n for n in scores if n in holders and not holders[n].endswith("|e")
+            and lease_end(holders[n]) > now}
+    available = set(scores) - held
     assert held | available == active_numbers == set(scores)
     assert not snap["inactive"] & set(scores), "a number both active and inactive"
+    assert all(scores[n] <= lease_end(holders[n]) for n in held), (scores, holders)
     held_by_sessions = [n for n in held_by_sessions if n in scores]  # not the inactive
     # every held number belongs to exactly one live session, and vice versa; the one
     # exception is the last millisecond of a lease, where a record may already be gone
     # (fakeredis expires keys on the fractional millisecond; real Redis on whole ones)
     assert set(held_by_sessions) <= held, (held, live)
-    assert all(scores[n] <= now + 1 for n in held - set(held_by_sessions)), (held, live)
+    assert all(lease_end(holders[n]) <= now + 1 for n in held - set(held_by_sessions)), (
+        held, live)

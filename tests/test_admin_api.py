@@ -363,3 +363,18 @@ def test_a_purchase_is_released_when_a_number_is_in_use(tadmin, twilio):
         "name": "b", "buy": {"provider": "twilio", "count": 1, "area_code": "415"}})
     assert res.status_code == 409 and error_of(res) == "number_in_use"
     assert twilio.owned == {}
+
+
+def test_stats_count_a_session_refreshed_past_its_first_expiry(admin, http, make_pool):
+    """Refreshes leave a number's score alone (session-5.lua); stats still count it."""
+    pool = make_pool(2, session_ttl_s=1)
+    a = _session(http, pool["id"], "a")
+    time.sleep(0.6)
+    assert _beat(http, pool["id"], "a", a["session_id"]).json()["status"] == "alive"
+    time.sleep(0.6)  # past a's first expiry, inside the refreshed one
+    stats = admin.get(f"/v1/pools/{pool['id']}/stats").json()
+    assert stats["active_sessions"] == 1 and stats["available"] == 1
+    assert _session(http, pool["id"], "b")["number"] != a["number"]
+    time.sleep(1.1)
+    stats = admin.get(f"/v1/pools/{pool['id']}/stats").json()
+    assert stats["active_sessions"] == 0 and stats["available"] == 2

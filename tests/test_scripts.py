@@ -85,8 +85,12 @@ def test_heartbeat_extends_and_counts(s: Scripts, r):
     time.sleep(0.01)
     status, hb_number, hb_exp = s.heartbeat("p1", "a", sid)
     assert (status, hb_number) == ("alive", number) and hb_exp > exp
-    assert r.hget(s.keys.holders("p1"), "h:" + number) == b"1"
+    lease = r.hget(s.keys.holders("p1"), number).decode().split("|")
+    assert lease == [sid, "a", str(exp - 60_000), str(hb_exp), "1"]
+    assert r.hget(s.keys.visitor("p1", "a"), "h") == b"1"
     assert r.pttl(s.keys.visitor("p1", "a")) > 59_000
+    s.heartbeat("p1", "a", sid)
+    assert r.hget(s.keys.holders("p1"), number).decode().split("|")[4] == "2"
 
 
 def test_heartbeat_with_wrong_session_id_is_expired_and_changes_nothing(s: Scripts, r):
@@ -115,8 +119,46 @@ def test_visitor_record_expires_just_before_its_lease(s: Scripts, r):
     _, number, sid, exp = s.session("p1", "a", "sidA")
     expire_at = r.pexpiretime(s.keys.visitor("p1", "a"))
     assert expire_at == exp - 1 == r.zscore(s.keys.numbers("p1"), number) - 1
+    time.sleep(0.002)
     _, _, exp2 = s.heartbeat("p1", "a", sid)
     assert r.pexpiretime(s.keys.visitor("p1", "a")) == exp2 - 1
+    # the refresh writes the lease's end to the holders entry, not to the sorted set,
+    # whose score stays a lower bound (session-5.lua)
+    assert r.hget(s.keys.holders("p1"), number).decode().split("|")[3] == str(exp2)
+    assert r.zscore(s.keys.numbers("p1"), number) == exp < exp2
+
+
+def test_a_refreshed_lease_keeps_its_number_past_its_first_score(s: Scripts, r):
+    s.make_pool("p1", numbers(1), ttl_ms=1000)
+    _, number, sid, exp = s.session("p1", "a", "sidA")
+    time.sleep(0.6)
+    _, _, exp2 = s.heartbeat("p1", "a", sid)
+    time.sleep(0.5)  # past the score written at assignment, inside the refreshed lease
+    assert s.session("p1", "b", "sidB")[0] == "unavailable"
+    assert r.zscore(s.keys.numbers("p1"), number) == exp2  # moved to the lease's end
+    assert s.session("p1", "a", "x")[:3] == ("reused", number, sid)
+    _, _, exp3, = s.heartbeat("p1", "a", sid)
+    time.sleep((exp3 - exp2) / 1000 + 1.05)
+    assert s.session("p1", "b", "sidB")[:2] == ("new", number)
+    (ended,) = _ended(r, s, "p1")
+    assert ended["session_id"] == sid and ended["ended_at"] == str(exp3)
+    assert ended["heartbeats"] == "2"
+
+
+@pytest.mark.parametrize("pick", [0, 1, 2, 3, 4, 12345])
+def test_assignment_finds_the_free_number_among_refreshed_ones(s: Scripts, r, pick):
+    pool = numbers(5)
+    s.make_pool("p1", pool, ttl_ms=1000)
+    held = [s.session("p1", f"v{i}", f"s{i}", pick=0) for i in range(4)]
+    free = (set(pool) - {h[1] for h in held}).pop()
+    r.zadd(s.keys.numbers("p1"), {free: 0})
+    time.sleep(0.5)
+    for i, h in enumerate(held):
+        s.heartbeat("p1", f"v{i}", h[2])
+    time.sleep(0.6)  # every score has passed; only `free` is free
+    assert s.session("p1", "new", "sidN", pick=pick)[:2] == ("new", free)
+    assert s.session("p1", "late", "sidL", pick=pick)[0] == "unavailable"
+    assert _ended(r, s, "p1") == []  # nobody's session ended
 
 
 def test_lru_policy_gives_the_number_free_longest(s: Scripts, r):
@@ -143,11 +185,11 @@ def test_new_session_writes_record_and_outbox_in_the_same_step(s: Scripts, r):
     _, number, sid, exp = s.session("p1", "a", "sidA", ip="203.0.113.9", ua="UA/1",
                                     attribution=attribution)
     record = {k.decode(): v.decode() for k, v in r.hgetall(s.keys.visitor("p1", "a")).items()}
-    assert record == {"s": sid, "n": number}
+    started = record["t"]
+    assert record == {"s": sid, "n": number, "t": started, "h": "0"}
     holders = r.hgetall(s.keys.holders("p1"))
     source = f"203.0.113.9\nUA/1\n{attribution}"
-    started = holders[number.encode()].decode().split("|")[2]
-    assert holders[number.encode()].decode() == f"{sid}|a|{started}"
+    assert holders[number.encode()].decode() == f"{sid}|a|{started}|{exp}|0"
     assert holders[f"a:{number}".encode()].decode() == source
     assert int(started) == exp - 60_000
     entries = r.xrange(s.keys.outbox("p1"))
@@ -190,6 +232,26 @@ def test_end_sessions_reports_each_ended_lease_once(s: Scripts, r):
     # reassigning a reported number does not report its old lease again
     s.session("p1", "c", "sidC")
     assert len(_ended(r, s, "p1")) == 2
+
+
+def test_end_sessions_moves_a_refreshed_lease_and_reports_its_real_end(s: Scripts, r):
+    s.make_pool("p1", numbers(1), ttl_ms=1000, policy="lru")
+    _, number, sid, exp = s.session("p1", "a", "sidA")
+    time.sleep(0.5)
+    _, _, exp2 = s.heartbeat("p1", "a", sid)
+    keys = [s.keys.pool("p1"), s.keys.numbers("p1"), s.keys.holders("p1"), s.keys.outbox("p1")]
+    time.sleep(0.6)  # the first score passed; the lease holds
+    assert s.run("end_sessions", keys, ["p1", 100]) == [0, 0]
+    assert r.zscore(s.keys.numbers("p1"), number) == exp2  # moved to the lease's end
+    assert s.stats("p1")[:2] == (1, 1)
+    assert s.session("p1", "a", "x")[:3] == ("reused", number, sid)  # refreshed again
+    time.sleep(1.05)
+    assert s.run("end_sessions", keys, ["p1", 100])[0] == 1
+    (ended,) = _ended(r, s, "p1")
+    lease_end = int(r.hget(s.keys.holders("p1"), number).decode().split("|")[3])
+    assert ended["ended_at"] == str(lease_end) and lease_end > exp2
+    assert ended["heartbeats"] == "1"
+    assert r.zscore(s.keys.numbers("p1"), number) == lease_end  # free since then (lru)
 
 
 def test_reassignment_reports_the_previous_lease_if_the_sidecar_has_not(s: Scripts, r):

@@ -11,7 +11,7 @@ import pytest
 
 from broker.stats import erlang_b, recommended_size
 from tests.conftest import numbers
-from tests.scriptclient import Scripts, snapshot
+from tests.scriptclient import Scripts, lease_end, snapshot
 from tests.test_edge_http import error_of
 
 
@@ -97,7 +97,10 @@ def test_lru_reuses_a_number_only_after_all_that_were_free_longer(r):
     for step in range(150):
         v = rng.choice(visitors)
         snap = snapshot(r, s.keys, "lru2", visitors)
-        free = sorted((score, n) for n, score in snap["scores"].items() if score <= snap["now"])
+        # free since its last lease's end (its score may lag a refreshed lease)
+        since = {n: lease_end(snap["holders"][n]) if n in snap["holders"] else score
+                 for n, score in snap["scores"].items()}
+        free = sorted((t, n) for n, t in since.items() if t <= snap["now"])
         status, number, _, _ = s.session("lru2", v, f"t{step}", pick=rng.getrandbits(31))
         if status == "new" and v not in snap["live"]:
             # the number free longest at the snapshot (ties: lowest number), unless it

@@ -43,8 +43,8 @@ def stored_source(r: redis.Redis, pool_id: str, visitor_id: str) -> dict:
 
 
 def heartbeats(r: redis.Redis, pool_id: str, visitor_id: str) -> int:
-    number = r.hget(vkey(pool_id, visitor_id), "n")
-    return int(r.hget(f"dni:{{{pool_id}}}:holders", b"h:" + number) or 0) if number else 0
+    """The heartbeats of the visitor's live session (its record counts them)."""
+    return int(r.hget(vkey(pool_id, visitor_id), "h") or 0)
 
 
 def sessions_started(r: redis.Redis, pool_id: str) -> int:
