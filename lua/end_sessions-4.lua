@@ -6,15 +6,16 @@ script does (no background process is needed for numbers to come back). This scr
 walks the numbers whose score passed since its last call and, for each:
   - a lease that was refreshed after its score was written (see session-5.lua) is still
     held: the number moves to its lease's end, where a later call meets it again;
-  - a lease that ended gets its session.ended record, once (and its number the score
-    of its lease's end, where the `lru` policy looks): a lease whose number was
+  - a lease that ended gets its session.ended record, once (and, under the `lru` policy,
+    its number the score of its lease's end, where `lru` looks): a lease whose number was
     reassigned before the sidecar came by was already reported by session-5.lua, and a
     reported lease carries the "|e" mark, so the two never both report it.
 With the sidecar running, scores are thus exact within one sidecar interval, and
 assignments seldom meet a refreshed lease.
 
 KEYS[1] pool     hash: ended_upto (epoch ms up to which scores were walked) and
-                 ended_skip (how many numbers scored exactly ended_upto were read)
+                 ended_skip (how many numbers scored exactly ended_upto were read);
+                 policy
 KEYS[2] numbers  sorted set: number -> free-from time (epoch ms)
 KEYS[3] holders  hash: N -> lease "sid|vid|started_ms|expires_ms|heartbeats[|e]"
 KEYS[4] outbox   stream (event=session.ended entries)
@@ -33,8 +34,9 @@ if redis.call('EXISTS', pool_key) == 0 then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HMGET', pool_key, 'ended_upto', 'ended_skip')
+local state = redis.call('HMGET', pool_key, 'ended_upto', 'ended_skip', 'policy')
 local upto, skip = tonumber(state[1] or 0), tonumber(state[2] or 0)
+local lru = state[3] == 'lru'
 local ended = redis.call('ZRANGEBYSCORE', numbers_key, upto, now, 'WITHSCORES',
   'LIMIT', skip, limit)
 local leases = {}
@@ -60,7 +62,7 @@ for i = 1, #ended, 2 do
         'ended_at', lease_end, 'duration_ms', tonumber(lease_end) - tonumber(started),
         'heartbeats', beats)
       redis.call('HSET', holders_key, number, lease .. '|e')
-      if tonumber(lease_end) > tonumber(ended[i + 1]) then
+      if lru and tonumber(lease_end) > tonumber(ended[i + 1]) then
         -- free since its lease's end, not its score: keep the `lru` order true
         redis.call('ZADD', numbers_key, 'XX', lease_end, number)
         moved[i] = true
