@@ -96,7 +96,8 @@
     source = !tagged && stored.a && now - stored.t < 18e5 ? stored.a : fresh;
     if (allowed) {
       try {
-        d.cookie = "dni_vid=" + visitor + ";path=/;max-age=34560000;samesite=lax";
+        d.cookie = "dni_vid=" + visitor + ";path=/;max-age=34560000;samesite=lax" +
+          (location.protocol == "https:" ? ";secure" : "");
         localStorage.setItem(KEY, JSON.stringify({v: visitor, a: source, t: now}));
       } catch (e) {}
     }
@@ -200,7 +201,11 @@
         if (n != p.asked) return;
         clearInterval(p.timer);
         p.sid = res.session_id;
-        if (p.sid) p.timer = setInterval(() => beat(p), (beatS || res.heartbeat_s || 60) * 1e3);
+        const every = (beatS || res.heartbeat_s || 60) * 1e3;
+        // A session: keep it alive. The pool was full (fallback, unavailable): ask again
+        // as often, so the visitor gets a tracking number once one is free.
+        if (p.sid) p.timer = setInterval(() => beat(p), every);
+        else if (res.status != "excluded") p.timer = setTimeout(safe(() => session(p)), every);
         // new, reused, fallback: the number given; unavailable, excluded: the page's own.
         show(p, /^(new|reused|fallback)$/.test(res.status) && res.number || p.seen[0]);
       })

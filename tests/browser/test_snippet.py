@@ -267,6 +267,24 @@ def test_fallback_number_is_shown(broker: BrokerProcess, make_pool: Callable[...
     expect(page.locator("#n")).to_have_text("(555) 010-0009")
 
 
+def test_after_a_fallback_the_snippet_asks_again(broker: BrokerProcess,
+                                                 make_pool: Callable[..., dict],
+                                                 fresh_site: Site, visitor: Browser) -> None:
+    """The pool was full when the page loaded: the visitor sees the backup number, then a
+    tracking number once one is free (asked again every heartbeat interval)."""
+    pool = make_pool(target_number=TARGET, numbers=[NUMBER], session_ttl_s=3,
+                     fallback_number="+15550100009")
+    other = httpx.post(broker.url + "/v1/dni/session",
+                       json={"pool_id": pool["id"], "visitor_id": "someone-else"}).json()
+    assert other["status"] == "new"
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/full", '<p id="n">(555) 010-0000</p>',
+                              tag(js(broker), pool["id"], heartbeat="1")))
+    expect(page.locator("#n")).to_have_text("(555) 010-0009")
+    expect(page.locator("#n")).to_have_text("(555) 010-0007", timeout=8000)
+    assert len(visitor.posts("/v1/dni/session", 2)) >= 2
+
+
 def test_pools_are_independent(broker: BrokerProcess, make_pool: Callable[..., dict],
                                fresh_site: Site, visitor: Browser) -> None:
     sales = make_pool(target_number=TARGET, numbers=["+15550100007"])
