@@ -15,8 +15,10 @@
  *   data-timeout     ms to wait for the broker before keeping the page's number (1500).
  *   data-heartbeat   seconds between heartbeats, overriding the broker's heartbeat_s.
  *
- * API: window.dni.consent() (store the visitor from now on), window.dni.swap() (rescan the
- * page, e.g. after a single-page app rendered without a DOM the snippet could observe).
+ * API: window.dni.consent() (store the visitor from now on), window.dni.revoke() (consent
+ * withdrawn: delete what was stored, store nothing more on this page), window.dni.swap()
+ * (rescan the page, e.g. after a single-page app rendered without a DOM the snippet could
+ * observe).
  * Before the snippet loads, a site may queue calls: (window.dni = window.dni || []).push("consent").
  *
  * Everything fails open: every failure leaves the page's own number and throws nothing.
@@ -277,6 +279,12 @@
         ident();
         pools.forEach((p) => p.asked && session(p));
       } else start();
+    }),
+    // Consent withdrawn: forget the stored visitor and store nothing more on this page.
+    revoke: safe(() => {
+      allowed = 0;
+      d.cookie = "dni_vid=;path=/;max-age=0";
+      localStorage.removeItem(KEY);
     }),
     swap: () => config && run(),
   };

@@ -387,6 +387,30 @@ def test_consent_wait_does_nothing_until_consent(broker: BrokerProcess, pool: di
     assert stored and "dni_vid" in cookies
 
 
+def test_revoke_forgets_the_visitor(broker: BrokerProcess, make_pool: Callable[..., dict],
+                                    fresh_site: Site, visitor: Browser) -> None:
+    pool = make_pool(target_number=TARGET, numbers=["+15550100007", "+15550100008"])
+    url = fresh_site.page("/revoke", '<p id="n">555-010-0000</p>',
+                          tag(js(broker), pool["id"], consent="page"))
+    page = visitor.new_page()
+    page.goto(url)
+    expect(page.locator("#n")).not_to_have_text("555-010-0000")
+    first = page.locator("#n").inner_text()
+    page.evaluate("window.dni.consent()")
+    page.wait_for_function("() => localStorage.getItem('dni')")
+    assert "dni_vid" in storage(page)[1]
+    page.evaluate("window.dni.revoke()")
+    assert storage(page) == (None, [])
+    page.evaluate("history.pushState({}, '', '?after=revoke')")  # a rescan stores nothing
+    page.wait_for_timeout(300)
+    assert storage(page) == (None, [])
+    assert page.locator("#n").inner_text() == first  # this page view keeps its number
+    page.goto(url)  # a later page: a new visitor (the other number), nothing stored
+    expect(page.locator("#n")).not_to_have_text("555-010-0000")
+    assert page.locator("#n").inner_text() not in (first, "555-010-0000")
+    assert storage(page) == (None, [])
+
+
 def test_consent_page_swaps_without_storing(broker: BrokerProcess,
                                             make_pool: Callable[..., dict], fresh_site: Site,
                                             visitor: Browser, r: redis.Redis) -> None:
