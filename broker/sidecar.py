@@ -5,7 +5,8 @@ assigned the number, so nothing is lost if a broker dies after answering. The si
 
 1. reports ended sessions (end_sessions-4.lua writes `session.ended` to the outbox once
    per lease; a lease whose number was reassigned first was reported by the session
-   script);
+   script) and moves numbers whose lease was refreshed after their score was written to
+   that lease's end, so that scores are exact within one interval (see session-5.lua);
 2. copies outbox entries, in order, to `dni:sessions` with flat fields, then deletes them
    from the outbox. A sidecar killed between the two copies them again on restart
    (at-least-once, as the contract says); in the normal case each entry is copied once;
