@@ -10,6 +10,7 @@
                 the outbox stream and less the bytes of its attribution values
 
     dni bench engine-ratio [--clients 50] [--pipeline 1] [--requests 300000] [--rounds 3]
+                           [--reuse]
     dni bench scale [--clients 50] [--requests 200000] [--live 1000000]
     dni bench memory [--sessions 100000]
 
@@ -106,6 +107,8 @@ def engine_ratio(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None
     for r in range(args.rounds):
         one = redis_benchmark(redis.url, *load, 1, "EVAL", "return 1", "0")
         pool_id = make_pool(c, 2 * keyspace)
+        if args.reuse:  # every visitor of the keyspace holds a session: all calls reuse
+            preload(c, sha, pool_id, [rb_visitor(i) for i in range(keyspace)])
         c.config_resetstat()
         s = redis_benchmark(redis.url, *load, keyspace, *session_cmd(sha, pool_id))
         stats = commandstats(c)
@@ -360,6 +363,9 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--hash-max-listpack-value", type=int, default=None,
                     help="memory: set this Redis option first (default: leave Redis's)")
     ap.add_argument("--keep-aof", action="store_true", help="skip the appendonly-no run")
+    ap.add_argument("--reuse", action="store_true",
+                    help="engine-ratio: give every visitor a session first, so every call "
+                    "takes the reuse path (the default mix has ~20%% new sessions)")
     ap.add_argument("--investigate", action="store_true",
                     help="engine-ratio: also time variants (args only, redis.call overhead, "
                     "argument sizes)")
