@@ -108,6 +108,16 @@ def test_engine_ratio_and_breakdown(tmp_path, redis_server, r):
 
 
 @needs_rb
+def test_engine_ratio_reuse_only(tmp_path, redis_server, r):
+    rec = run(tmp_path, "engine-ratio", "--redis-url", redis_server, "--requests", "3000",
+              "--rounds", "1", "--reuse", "--keep-aof")
+    inner = rec["where_the_time_goes"]["inner_commands"]
+    # every call found its visitor's session: no number was picked or leased
+    assert "zrange" not in inner and "zcount" not in inner and "xadd" not in inner
+    assert inner["pexpireat"]["per_script"] == 1.0
+
+
+@needs_rb
 def test_scale_and_memory(tmp_path, redis_server, r):
     rec = run(tmp_path, "scale", "--redis-url", redis_server, "--requests", "2000",
               "--rounds", "1", "--pool-size", "2000", "--live", "3000", "--spare", "3000")
