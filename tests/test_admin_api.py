@@ -369,9 +369,9 @@ def test_stats_count_a_session_refreshed_past_its_first_expiry(admin, http, make
     """Refreshes leave a number's score alone (session-5.lua); stats still count it."""
     pool = make_pool(2, session_ttl_s=1)
     a = _session(http, pool["id"], "a")
-    time.sleep(0.6)
+    time.sleep(0.7)
     assert _beat(http, pool["id"], "a", a["session_id"]).json()["status"] == "alive"
-    time.sleep(0.6)  # past a's first expiry, inside the refreshed one
+    time.sleep(0.4)  # past a's first expiry, inside the refreshed one
     stats = admin.get(f"/v1/pools/{pool['id']}/stats").json()
     assert stats["active_sessions"] == 1 and stats["available"] == 1
     assert _session(http, pool["id"], "b")["number"] != a["number"]

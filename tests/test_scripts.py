@@ -131,9 +131,9 @@ def test_visitor_record_expires_just_before_its_lease(s: Scripts, r):
 def test_a_refreshed_lease_keeps_its_number_past_its_first_score(s: Scripts, r):
     s.make_pool("p1", numbers(1), ttl_ms=1000)
     _, number, sid, exp = s.session("p1", "a", "sidA")
-    time.sleep(0.6)
+    time.sleep(0.7)
     _, _, exp2 = s.heartbeat("p1", "a", sid)
-    time.sleep(0.5)  # past the score written at assignment, inside the refreshed lease
+    time.sleep(0.35)  # past the score written at assignment, inside the refreshed lease
     assert s.session("p1", "b", "sidB")[0] == "unavailable"
     assert r.zscore(s.keys.numbers("p1"), number) == exp2  # moved to the lease's end
     assert s.session("p1", "a", "x")[:3] == ("reused", number, sid)
@@ -152,10 +152,10 @@ def test_assignment_finds_the_free_number_among_refreshed_ones(s: Scripts, r, pi
     held = [s.session("p1", f"v{i}", f"s{i}", pick=0) for i in range(4)]
     free = (set(pool) - {h[1] for h in held}).pop()
     r.zadd(s.keys.numbers("p1"), {free: 0})
-    time.sleep(0.5)
+    time.sleep(0.7)
     for i, h in enumerate(held):
         s.heartbeat("p1", f"v{i}", h[2])
-    time.sleep(0.6)  # every score has passed; only `free` is free
+    time.sleep(0.35)  # every score has passed; only `free` is free
     assert s.session("p1", "new", "sidN", pick=pick)[:2] == ("new", free)
     assert s.session("p1", "late", "sidL", pick=pick)[0] == "unavailable"
     assert _ended(r, s, "p1") == []  # nobody's session ended
@@ -237,10 +237,10 @@ def test_end_sessions_reports_each_ended_lease_once(s: Scripts, r):
 def test_end_sessions_moves_a_refreshed_lease_and_reports_its_real_end(s: Scripts, r):
     s.make_pool("p1", numbers(1), ttl_ms=1000, policy="lru")
     _, number, sid, exp = s.session("p1", "a", "sidA")
-    time.sleep(0.5)
+    time.sleep(0.7)
     _, _, exp2 = s.heartbeat("p1", "a", sid)
     keys = [s.keys.pool("p1"), s.keys.numbers("p1"), s.keys.holders("p1"), s.keys.outbox("p1")]
-    time.sleep(0.6)  # the first score passed; the lease holds
+    time.sleep(0.35)  # the first score passed; the lease holds
     assert s.run("end_sessions", keys, ["p1", 100]) == [0, 0]
     assert r.zscore(s.keys.numbers("p1"), number) == exp2  # moved to the lease's end
     assert s.stats("p1")[:2] == (1, 1)
