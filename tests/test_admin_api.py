@@ -294,6 +294,7 @@ def test_buy_request_errors(admin, make_pool):
         ({"provider": "sandbox", "count": 101}, 422, "invalid_count"),
         ({"provider": "sandbox", "count": 1, "area_code": "2a2"}, 422, "invalid_area_code"),
         ({"provider": "sandbox", "count": 1, "contains": "x"}, 422, "invalid_pattern"),
+        ({"provider": "sandbox", "count": 1, "country": "usa"}, 422, "invalid_country"),
         ({"count": 1}, 422, "missing_field"),
     ]:
         res = admin.post(f"/v1/pools/{pool['id']}/numbers", json={"buy": buy})
