@@ -3,8 +3,8 @@ deactivate_number-3.lua: stop assigning one number of a pool.
 
 The number moves, with its score, from the active set to the inactive set, so no session
 request can pick it. A session holding it keeps working to its end: reuse and heartbeat
-read only the visitor record, and their `ZADD XX` on the active set does nothing. The
-number is then free only when reactivated (activate_number-5.lua).
+touch only the visitor record and the holders entry, never the sorted sets. The number
+is then free only when reactivated (activate_number-5.lua).
 
 KEYS[1] pool     hash (must exist)
 KEYS[2] numbers  sorted set of active numbers: number -> free-from time (epoch ms)

@@ -4,7 +4,9 @@ pool_stats-2.lua: a consistent snapshot of a pool's size and live sessions.
 KEYS[1] pool     hash (must exist)
 KEYS[2] numbers  sorted set: number -> free-from time (epoch ms)
 Returns {numbers, active_sessions, now_ms}, or {-1, -1, now_ms} when the pool does not
-exist. A number is held exactly when its score > now. Cost: O(log n).
+exist. A number counts as held when its score > now: exact once end_sessions-4.lua has
+walked the scores that passed (the broker runs it first; see session-5.lua on scores
+that lag a refreshed lease). Cost: O(log n).
 ]]
 local pool_key, numbers_key = KEYS[1], KEYS[2]
 local t = redis.call('TIME')
