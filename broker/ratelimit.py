@@ -1,10 +1,10 @@
 """Per-client rate limit of the edge API, so that one client cannot drain a pool.
 
 A script that asks for sessions under ever new visitor ids would hold every number of a
-pool and leave real visitors with the backup number. Each broker process therefore lets
-one client IP make at most `DNI_RATE_LIMIT` edge requests a minute on average, with
-bursts of up to a tenth of that (at least 10), and answers 429 `rate_limited` with a
-`Retry-After` beyond it. The snippet treats the 429 like any error: the page keeps its
+pool and leave real visitors with the backup number. With `DNI_RATE_LIMIT` set (off by
+default: see the README), each broker process lets one client IP make at most that many
+edge requests a minute on average, with bursts of up to a tenth of that (at least 10),
+and answers 429 `rate_limited` with a `Retry-After` beyond it. The snippet treats the 429 like any error: the page keeps its
 own number.
 
 The limit is a GCRA (generic cell rate algorithm): one float per client, the theoretical

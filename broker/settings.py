@@ -56,7 +56,7 @@ class Settings:
     default_session_ttl_s: int = 1800
     redis_retry_s: float = 3.0
     trusted_proxies: str = ""
-    rate_limit_per_min: int = 600
+    rate_limit_per_min: int = 0
     bench_routes: bool = False
     ip_mode: str = "full"
     ip_hash_key: str = ""
@@ -100,7 +100,7 @@ class Settings:
             heartbeat_s=_int(env, "DNI_HEARTBEAT_S", 60, 5, 3600),
             default_session_ttl_s=_int(env, "DNI_SESSION_TTL_S", 1800, 1, 86400),
             trusted_proxies=env.get("DNI_TRUSTED_PROXIES", "").strip(),
-            rate_limit_per_min=_int(env, "DNI_RATE_LIMIT", 600, 0, 1_000_000),
+            rate_limit_per_min=_int(env, "DNI_RATE_LIMIT", 0, 0, 1_000_000),
             bench_routes=_flag(env, "DNI_BENCH_ROUTES"),
             ip_mode=_choice(env, "DNI_IP_MODE", ("full", "truncate", "hash")),
             ip_hash_key=env.get("DNI_IP_HASH_KEY", ""),
