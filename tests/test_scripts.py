@@ -254,6 +254,37 @@ def test_end_sessions_moves_a_refreshed_lease_and_reports_its_real_end(s: Script
     assert r.zscore(s.keys.numbers("p1"), number) == lease_end  # free since then (lru)
 
 
+def test_removing_a_refreshed_number_ends_its_session_now(s: Scripts, r):
+    s.make_pool("p1", numbers(2), ttl_ms=1000)
+    _, number, sid, exp = s.session("p1", "a", "sidA", pick=0)
+    time.sleep(0.7)
+    s.heartbeat("p1", "a", sid)
+    time.sleep(0.35)  # past the first score; the refreshed lease holds
+    before = int(time.time() * 1000)
+    assert s.remove_number("p1", number) == 1
+    (ended,) = _ended(r, s, "p1")
+    assert ended["reason"] == "number_removed" and ended["heartbeats"] == "1"
+    assert int(ended["ended_at"]) >= before > exp  # now, not the lagging score
+    assert s.heartbeat("p1", "a", sid)[0] == "expired"
+    assert not r.hexists(s.keys.holders("p1"), number)
+
+
+def test_reactivating_a_refreshed_number_keeps_it_held_to_the_lease_end(s: Scripts, r):
+    s.make_pool("p1", numbers(1), ttl_ms=1000)
+    _, number, sid, exp = s.session("p1", "a", "sidA")
+    assert s.deactivate_number("p1", number) == 1
+    time.sleep(0.7)
+    _, _, exp2 = s.heartbeat("p1", "a", sid)  # refreshed while inactive
+    time.sleep(0.35)
+    assert s.activate_number("p1", number) == 1
+    assert r.zscore(s.keys.numbers("p1"), number) == exp2  # held to its real end
+    assert s.session("p1", "b", "sidB")[0] == "unavailable"
+    time.sleep((exp2 - time.time() * 1000) / 1000 + 0.05)
+    assert s.session("p1", "b", "sidB")[:2] == ("new", number)
+    (ended,) = _ended(r, s, "p1")
+    assert ended["ended_at"] == str(exp2)
+
+
 def test_reassignment_reports_the_previous_lease_if_the_sidecar_has_not(s: Scripts, r):
     s.make_pool("p1", numbers(1), ttl_ms=1000)
     _, number, sid_a, exp_a = s.session("p1", "a", "sidA")
