@@ -25,7 +25,7 @@ import time
 
 from .errors import ApiError
 
-_LOOPBACK = ("127.", "::1")
+_LOOPBACK = ("127.", "::ffff:127.")  # IPv4 loopback, also as IPv4-mapped IPv6
 _SWEEP_AT = 50_000  # clients remembered before quiet ones are dropped
 
 
@@ -40,7 +40,7 @@ class RateLimiter:
 
     def check(self, ip: str, now: float | None = None) -> None:
         """Count one request of `ip`; raise ApiError(429) when it is over the limit."""
-        if not self.enabled or not ip or ip.startswith(_LOOPBACK):
+        if not self.enabled or not ip or ip == "::1" or ip.startswith(_LOOPBACK):
             return
         if now is None:
             now = time.monotonic()

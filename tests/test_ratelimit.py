@@ -40,6 +40,11 @@ def test_loopback_and_zero_are_not_limited():
     for _ in range(100):
         limiter.check("127.0.0.1", now=0.0)
         limiter.check("::1", now=0.0)
+        limiter.check("::ffff:127.0.0.1", now=0.0)
+    for _ in range(11):  # not loopback: limited like any client (a burst of 11, then no)
+        limiter.check("::1:2", now=0.0)
+    with pytest.raises(ApiError):
+        limiter.check("::1:2", now=0.0)
     off = RateLimiter(per_minute=0)
     for _ in range(100):
         off.check("203.0.113.9", now=0.0)
