@@ -5,7 +5,9 @@ bucket, note the pool's concurrent sessions in it (peak), and detect pool pressu
 Each broker process counts its answers in memory and calls this about once a second per
 pool that had traffic, so the session script itself counts nothing. The concurrent
 sessions are sampled at each call; sessions only start on requests, so the peak of a
-minute in which requests came is seen to within one flush interval.
+minute in which requests came is seen to within one flush interval. They are counted by
+score (score > now), which misses a session refreshed past its first score until the
+sidecar's next pass moves it (see session-5.lua): within one sidecar interval.
 
 KEYS[1] pool     hash: pressure_at (epoch ms of the last sample at or over the threshold)
 KEYS[2] numbers  sorted set of active numbers: number -> free-from time (epoch ms)
