@@ -25,14 +25,9 @@ def is_bot(user_agent: bytes) -> bool:
     return any(marker in ua for marker in BOT_MARKERS)
 
 
-def source_of(scope: Scope, body: bytes) -> bytes:
-    """The session's source: the visitor's IP and user agent and the page's attribution.
-
-    The IP is the peer's, or the forwarded one when the peer is a trusted proxy
-    (DNI_TRUSTED_PROXIES, applied by the server before the app sees the request), stored
-    as DNI_IP_MODE says. Only the attribution fields given are kept.
-    """
-    ip = client_ip(scope)
+def source_of(scope: Scope, body: bytes, ip: str) -> bytes:
+    """The session's source: the visitor's IP (`client_ip`, stored as DNI_IP_MODE says),
+    user agent and the page's attribution (only the fields given are kept)."""
     ip = scope["app"].state.ip_policy.apply(ip) if ip else ""
     ua = (header(scope, b"user-agent") or b"")[:MAX_USER_AGENT]
     return pack(ip, ua, encoder.encode(decode(body, Attribution)))
@@ -47,13 +42,14 @@ def client_ip(scope: Scope) -> str:
 
 async def session(scope: Scope, receive: Receive) -> bytes:
     state = scope["app"].state
-    state.limiter.check(client_ip(scope))
+    ip = client_ip(scope)
+    state.limiter.check(ip)
     body = await read_body(scope, receive, state.settings.max_body_bytes)
     req = decode(body, SessionRequest)
     if is_bot(header(scope, b"user-agent") or b""):
         state.counts.add(req.pool_id, "excluded")
         return encoder.encode(EXCLUDED)
-    res = await state.engine.session(req.pool_id, req.visitor_id, source_of(scope, body))
+    res = await state.engine.session(req.pool_id, req.visitor_id, source_of(scope, body, ip))
     state.counts.add(req.pool_id, res.status)  # in memory; flushed to Redis by stats.py
     return encoder.encode(SessionResponse(res.status, res.number, res.session_id,
                                           res.expires_at, state.settings.heartbeat_s))
