@@ -21,7 +21,9 @@ names one (redis-benchmark then connects by host/port or socket from it).
 from __future__ import annotations
 
 import argparse
+import base64
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -38,6 +40,14 @@ ATTRIBUTION = ('{"landing_page":"https://example.com/plumbing?utm_source=google&
 IP = "203.0.113.7"
 SOURCE = f"{IP}\n{UA}\n{ATTRIBUTION}"  # ARGV[5] of session-5.lua: all attribution values
 SHORT_SOURCE = "127.0.0.1\nua\n{}"
+
+
+def _base36(x: int) -> str:
+    digits = ""
+    while x:
+        x, d = divmod(x, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[d] + digits
+    return digits or "0"
 
 
 def _scripts():
@@ -310,13 +320,18 @@ def memory(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None:
                 - m.get("mem_clients_slaves", 0))
 
     before = used()
-    visitors = [f"visitor-{i:08d}" for i in range(n)]
+    # ids shaped as in production: the snippet's visitor ids (base-36 time, ".", two
+    # random 32-bit integers) and the broker's 16-character session ids
+    rng = random.Random(1)
+    t36 = _base36(int(time.time() * 1000))
+    visitors = [f"{t36}.{rng.getrandbits(32)}{rng.getrandbits(32)}" for _ in range(n)]
     p = f"dni:{{{pool_id}}}"
     for i in range(0, n, 5000):
         pipe = c.pipeline(transaction=False)
         for v in visitors[i:i + 5000]:
+            sid = base64.urlsafe_b64encode(rng.randbytes(12)).decode()
             pipe.evalsha(script.sha, 5, p + ":pool", p + ":numbers", p + ":holders",
-                         p + ":v:" + v, p + ":outbox", "x", i, v, pool_id, SOURCE)
+                         p + ":v:" + v, p + ":outbox", sid, i, v, pool_id, SOURCE)
         pipe.execute()
     with_stream = used()
     stream_bytes = c.memory_usage(p + ":outbox", samples=0)
@@ -327,7 +342,9 @@ def memory(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None:
     per = (after - before) / n
     sample = c.memory_usage(p + ":v:" + visitors[0], samples=0)
     out.update({
-        "sessions": n, "live_sessions": live, "used_memory_before": before,
+        "sessions": n, "live_sessions": live,
+        "visitor_id_example": visitors[0], "visitor_id_mean_len":
+            round(sum(map(len, visitors)) / n, 1), "used_memory_before": before,
         "used_memory_after": after, "outbox_stream_bytes": stream_bytes,
         "used_memory_with_stream": with_stream,
         "bytes_per_session": round(per, 1),
