@@ -1,7 +1,7 @@
 --[[
 delete_pool-5.lua: delete a pool whose numbers have all been removed.
 
-The caller first removes every number with remove_number-6.lua (which ends the session
+The caller first removes every number with remove_number-7.lua (which ends the session
 holding it); this script then deletes the pool's settings and bookkeeping. A pool that
 still has numbers (added meanwhile) is left alone: the caller removes them and retries.
 The outbox stream is not touched: it may hold entries the sidecar has not moved yet.
