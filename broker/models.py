@@ -150,6 +150,8 @@ def decode(body: bytes, cls: type[Struct]) -> Struct:
         raise ApiError(422, _validation_code(str(exc)), str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:  # msgspec raises it for invalid UTF-8 inside a string
+        raise ApiError(400, "bad_json", "the body is not valid JSON: invalid UTF-8") from None
 
 
 encoder = msgspec.json.Encoder()

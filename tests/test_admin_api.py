@@ -124,6 +124,13 @@ def test_bad_json_and_empty_add(admin, make_pool):
     res = admin.patch(f"/v1/pools/{pool['id']}", content=b"{nope",
                       headers={"content-type": "application/json"})
     assert res.status_code == 400 and error_of(res) == "bad_json"
+    # invalid UTF-8 inside a JSON string is malformed JSON too, on every JSON endpoint
+    latin1 = b'{"name": "caf\xe9", "numbers": ["\xe9"], "to": "\xe9", "call_id": "x"}'
+    for method, path in (("POST", "/v1/pools"), ("PATCH", f"/v1/pools/{pool['id']}"),
+                         ("POST", f"/v1/pools/{pool['id']}/numbers"), ("POST", "/v1/calls")):
+        res = admin.request(method, path, content=latin1,
+                            headers={"content-type": "application/json"})
+        assert res.status_code == 400 and error_of(res) == "bad_json", (path, res.text)
     res = admin.post(f"/v1/pools/{pool['id']}/numbers", json={"numbers": []})
     assert res.status_code == 422 and error_of(res) == "missing_field"
 

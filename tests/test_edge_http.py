@@ -73,6 +73,7 @@ def test_fallback_and_unavailable_over_http(http, make_pool):
 @pytest.mark.parametrize("body,status,code", [
     (b"{", 400, "bad_json"),
     (b"\xff\xfe", 400, "bad_json"),
+    (b'{"pool_id": "p", "visitor_id": "v", "utm_source": "\xe9"}', 400, "bad_json"),
     (b"", 400, "bad_json"),
     (b"[]", 422, "invalid_body"),
     (b"{}", 422, "missing_field"),
