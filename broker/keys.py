@@ -88,6 +88,10 @@ class Keys:
         """Set of all pool ids (admin listing; never used inside a script)."""
         return f"{self.prefix}:pools"
 
+    def draining_pools(self) -> str:
+        """Set of deleted pools whose outbox the sidecar has still to empty."""
+        return f"{self.prefix}:pools:draining"
+
     def sessions_stream(self) -> str:
         return f"{self.prefix}:sessions"
 

@@ -240,6 +240,10 @@ class Pools:
         fixed = [n for n in (pool["target_number"], pool["fallback_number"]) if n]
         await self.engine.fix_numbers([], fixed)
         await self._set_backup(pool_id, pool["fallback_number"], None)
+        # The removals wrote `session.ended` entries to the pool's outbox, and entries the
+        # sidecar had not moved yet may be there too: it empties the outboxes of deleted
+        # pools before forgetting them.
+        await self.redis.execute("SADD", k.draining_pools(), pool_id)
         await self.redis.execute("SREM", k.pool_index(), pool_id)
 
     # -- numbers --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ assigned the number, so nothing is lost if a broker dies after answering. The si
 2. copies outbox entries, in order, to `dni:sessions` with flat fields, then deletes them
    from the outbox. A sidecar killed between the two copies them again on restart
    (at-least-once, as the contract says); in the normal case each entry is copied once;
+   Deleted pools stay in a draining set until their outbox has been copied;
 3. bounds the streams (DNI_STREAM_MAXLEN), warning (log line and the `trim_dropped_pending`
    counter) when trimming drops entries a consumer group has not acknowledged.
 
@@ -131,6 +132,13 @@ class Sidecar:
         for pool_id in pool_ids:
             done["ended_reported"] += await self.end_sessions(pool_id)
             done["copied"] += await self.copy_outbox(pool_id)
+        # Deleted pools: no script writes to their outbox any more (every one checks the
+        # pool exists first), so once it is copied it can go.
+        draining = self.keys.draining_pools()
+        for pool_id in sorted(_s(p) for p in await self.redis.execute("SMEMBERS", draining)):
+            done["copied"] += await self.copy_outbox(pool_id)
+            await self.redis.execute("DEL", self.keys.outbox(pool_id))
+            await self.redis.execute("SREM", draining, pool_id)
         for stream in (self.keys.sessions_stream(), self.keys.calls_stream()):
             await self.check_retention(stream)
         await self._count("copied", done["copied"])

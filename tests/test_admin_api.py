@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, BrokerProcess, numbers
 from tests.fake_twilio import ACCOUNT, TOKEN, FakeTwilio
+from tests.test_attribution import wait_for
 from tests.test_edge_http import error_of
 
 
@@ -80,6 +81,17 @@ def test_delete_pool_ends_its_sessions_and_frees_its_numbers(admin, http, make_p
                 http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": "a"})):
         assert res.status_code == 404 and error_of(res) == "pool_not_found"
     assert admin.get("/v1/pools").json() == {"pools": []}
+    # what the deletion wrote to the pool's outbox (and whatever the sidecar had not moved
+    # yet) still reaches the consumers' stream; then the outbox goes
+    def events() -> set[tuple[str, str, str]]:
+        return {(f[b"event"].decode(), f[b"session_id"].decode(), f.get(b"reason", b"").decode())
+                for _, f in r.xrange("dni:sessions") if f[b"pool_id"].decode() == pool["id"]}
+
+    want = {("session.started", a["session_id"], ""), ("session.started", b["session_id"], ""),
+            ("session.ended", a["session_id"], "number_removed"),
+            ("session.ended", b["session_id"], "number_removed")}
+    wait_for(lambda: events() == want and not r.exists(f"dni:{{{pool['id']}}}:outbox")
+             and not r.smembers("dni:pools:draining"), timeout=5)
     # its tracking, target and backup numbers can be used again
     again = admin.post("/v1/pools", json={"name": "again", "numbers": pool["numbers"],
                                           "fallback_number": "+15550199998"})
