@@ -180,7 +180,7 @@ def make_pool(client, size: int, ttl_ms: int = 1_800_000, fallback: str = BACKUP
     ks = [keys.pool(pool_id), keys.numbers(pool_id)]
     client.eval(cp.body, 2, *ks, len(fields) // 2, *fields, *numbers[:10000])
     for i in range(10000, size, 10000):
-        client.eval(add.body, 2, *ks, *numbers[i:i + 10000])
+        client.eval(add.body, 3, *ks, keys.inactive(pool_id), *numbers[i:i + 10000])
     client.sadd(keys.pool_index(), pool_id)
     return pool_id
 

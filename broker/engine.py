@@ -140,7 +140,8 @@ class Engine:
 
     async def add_numbers(self, pool_id: str, numbers: list[str]) -> int:
         k = self.keys
-        added = await self._run("add_numbers", [k.pool(pool_id), k.numbers(pool_id)], numbers)
+        added = await self._run("add_numbers", [k.pool(pool_id), k.numbers(pool_id),
+                                               k.inactive(pool_id)], numbers)
         if added < 0:
             raise PoolNotFound(pool_id)
         return added

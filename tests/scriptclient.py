@@ -50,7 +50,8 @@ class Scripts:
 
     def add_numbers(self, pool_id: str, numbers: list[str]) -> int:
         k = self.keys
-        return self.run("add_numbers", [k.pool(pool_id), k.numbers(pool_id)], numbers)
+        return self.run("add_numbers", [k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id)],
+                       numbers)
 
     def _with_holder(self, name: str, pool_id: str, number: str, keys: list[str]) -> int:
         """Read the holder lease, then run the script with that visitor's record."""

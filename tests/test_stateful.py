@@ -104,6 +104,15 @@ class PoolMachine(RuleBasedStateMachine):
         self.active |= set(new)
 
     @rule(data=st.data())
+    def add_numbers_again(self, data: st.DataObject) -> None:
+        """Adding numbers the pool has changes nothing: a deactivated one stays so."""
+        pool = sorted(self.active | self.inactive)
+        if pool:
+            again = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3,
+                                       unique=True))
+            assert self.s.add_numbers(POOL, again) == 0
+
+    @rule(data=st.data())
     def remove_number(self, data: st.DataObject) -> None:
         """The session holding the number ends at once: its next heartbeat is expired."""
         pool = sorted(self.active | self.inactive)
