@@ -29,7 +29,10 @@ def source_of(scope: Scope, body: bytes, ip: str) -> bytes:
     """The session's source: the visitor's IP (`client_ip`, stored as DNI_IP_MODE says),
     user agent and the page's attribution (only the fields given are kept)."""
     ip = scope["app"].state.ip_policy.apply(ip) if ip else ""
-    ua = (header(scope, b"user-agent") or b"")[:MAX_USER_AGENT]
+    ua = header(scope, b"user-agent") or b""
+    if len(ua) > MAX_USER_AGENT or not ua.isascii():
+        # cut on a character, never inside one, and keep the stored source valid UTF-8
+        ua = ua.decode("utf-8", "replace")[:MAX_USER_AGENT].encode()
     return pack(ip, ua, encoder.encode(decode(body, Attribution)))
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from .engine import Engine
 from .keys import Keys
+from .redisconn import RedisUnavailable
 from .scripts import Script
 from .source import flat
 
@@ -42,7 +43,8 @@ STATS_FIELDS = ("copied", "ended_reported", "trimmed", "trim_dropped_pending", "
 
 
 def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    # never strict: one undecodable entry must not stop the copying of every later one
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 def consumer_fields(raw: dict[str, str]) -> dict[str, str]:
@@ -130,8 +132,13 @@ class Sidecar:
         pool_ids = sorted(_s(p) for p in await self.redis.execute(
             "SMEMBERS", self.keys.pool_index()))
         for pool_id in pool_ids:
-            done["ended_reported"] += await self.end_sessions(pool_id)
-            done["copied"] += await self.copy_outbox(pool_id)
+            try:
+                done["ended_reported"] += await self.end_sessions(pool_id)
+                done["copied"] += await self.copy_outbox(pool_id)
+            except RedisUnavailable:
+                raise
+            except Exception:  # noqa: BLE001 - one pool's failure must not stop the others
+                log.exception("sidecar: pool %s failed; going on with the others", pool_id)
         # Deleted pools: no script writes to their outbox any more (every one checks the
         # pool exists first), so once it is copied it can go.
         draining = self.keys.draining_pools()

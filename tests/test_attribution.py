@@ -79,6 +79,33 @@ def test_every_field_round_trips_to_sessions_and_calls(http, admin, make_pool, r
         assert c[name] == value, name
 
 
+def test_user_agents_are_stored_as_valid_utf8_cut_on_a_character(http, make_pool, r):
+    """A user agent over 512 characters is cut between characters (here a 2-byte one
+    straddles byte 512), bytes that are not UTF-8 are replaced, and the sidecar copies
+    both sessions and every later one."""
+    pool = make_pool(3)
+    long_ua = "Mozilla/5.0 " + "a" * 499 + "\u00d1" + "tail"
+    cases = {"long": long_ua.encode(), "raw": b"Mozilla/5.0 \xff\xfe broken"}
+    sids = {}
+    for visitor, ua in cases.items():
+        res = http.post("/v1/dni/session", headers={"User-Agent": ua},
+                        json={"pool_id": pool["id"], "visitor_id": visitor})
+        assert res.status_code == 200 and res.json()["status"] == "new", res.text
+        sids[res.json()["session_id"]] = visitor
+    after = start_session(http, pool["id"], "after")  # copied after the two above
+
+    def copied() -> dict[str, dict]:
+        return {e["session_id"]: e for e in entries(r, "dni:sessions")
+                if e["event"] == "session.started" and e["pool_id"] == pool["id"]}
+
+    wait_for(lambda: len(copied()) == 3)
+    started = copied()
+    uas = {sids.get(sid, "after"): e["user_agent"] for sid, e in started.items()}
+    assert uas["long"] == long_ua[:512] and uas["long"].endswith("a\u00d1")
+    assert uas["raw"] == "Mozilla/5.0 \ufffd\ufffd broken"
+    assert uas["after"] == UA and after["session_id"] in started
+
+
 def test_returning_visitor_keeps_first_touch(http, admin, make_pool, r):
     pool = make_pool(2)
     s = start_session(http, pool["id"], "v", utm_source="google")

@@ -183,3 +183,33 @@ def test_several_sidecars_elect_one_leader(redis_server, r: redis.Redis):
 
     votes = asyncio.run(run())
     assert votes == [True, False, False, True, False, False]
+
+
+def test_an_undecodable_or_failing_pool_does_not_stop_the_sidecar(redis_server, r: redis.Redis):
+    """An outbox entry that is not UTF-8 is copied with replacement characters, and a
+    pool whose step fails is logged and skipped: the other pools' entries still move."""
+    keys = Keys("dni")
+
+    async def run() -> dict:
+        client = PipelinedRedis(redis_server)
+        scripts = load_scripts()
+        await client.load_scripts(list(scripts.values()))
+        car = Sidecar(client, keys, scripts)
+        for pool_id in ("a", "b", "c"):
+            await client.evalsha(scripts["create_pool"], [keys.pool(pool_id),
+                                 keys.numbers(pool_id)], [1, "ttl_ms", 60000])
+            await client.execute("SADD", keys.pool_index(), pool_id)
+        r.xadd(keys.outbox("a"), {"event": "session.started", "pool_id": "a",
+                                  "source": b"203.0.113.7\nMozilla \xff\xfe\n{}"})
+        r.set(keys.outbox("b"), "not a stream")  # XRANGE on it fails
+        r.xadd(keys.outbox("c"), {"event": "session.started", "pool_id": "c",
+                                  "source": b"\nua\n{}"})
+        done = await car.cycle()
+        await client.close()
+        return done
+
+    done = asyncio.run(run())
+    copied = {f[b"pool_id"]: f for _, f in r.xrange(keys.sessions_stream())}
+    assert done["copied"] == 2 and set(copied) == {b"a", b"c"}
+    assert copied[b"a"][b"user_agent"].decode() == "Mozilla \ufffd\ufffd"
+    assert r.xlen(keys.outbox("a")) == 0 and r.xlen(keys.outbox("c")) == 0
