@@ -10,12 +10,12 @@ from msgspec import Meta, Struct
 
 from .errors import ApiError
 
-POOL_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+POOL_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}\Z"
 POOL_ID_RE = re.compile(POOL_ID_PATTERN)
 PoolId = Annotated[str, Meta(pattern=POOL_ID_PATTERN)]
 # No "|" (the lease separator), no braces, no spaces: a visitor id can never leave its key.
-VisitorId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
-SessionId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+VisitorId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}\Z")]
+SessionId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")]
 Url = Annotated[str, Meta(max_length=4096)]
 Tag = Annotated[str, Meta(max_length=512)]
 
@@ -75,11 +75,11 @@ PoolName = Annotated[str, Meta(min_length=1, max_length=200)]
 class Buy(Struct):
     """Buy `count` numbers (in `area_code`, containing `contains`) from `provider`."""
 
-    provider: Annotated[str, Meta(pattern=r"^[a-z_]{1,32}$")]
+    provider: Annotated[str, Meta(pattern=r"^[a-z_]{1,32}\Z")]
     count: Annotated[int, Meta(ge=1, le=100)]
-    area_code: Annotated[str, Meta(pattern=r"^[0-9]{2,5}$")] | None = None
-    contains: Annotated[str, Meta(pattern=r"^[0-9]{1,10}$")] | None = None
-    country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")] = "US"
+    area_code: Annotated[str, Meta(pattern=r"^[0-9]{2,5}\Z")] | None = None
+    contains: Annotated[str, Meta(pattern=r"^[0-9]{1,10}\Z")] | None = None
+    country: Annotated[str, Meta(pattern=r"^[A-Z]{2}\Z")] = "US"
 
 
 class PoolCreate(Struct):
@@ -152,6 +152,8 @@ def decode(body: bytes, cls: type[Struct]) -> Struct:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
     except UnicodeDecodeError:  # msgspec raises it for invalid UTF-8 inside a string
         raise ApiError(400, "bad_json", "the body is not valid JSON: invalid UTF-8") from None
+    except RecursionError:  # nesting deeper than the decoder's recursion limit
+        raise ApiError(400, "bad_json", "the body is not valid JSON: nested too deep") from None
 
 
 encoder = msgspec.json.Encoder()

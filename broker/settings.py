@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,32}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,32}\Z")
 
 
 class SettingsError(ValueError):
@@ -87,7 +87,7 @@ class Settings:
         if env.get("DNI_IP_MODE") == "hash" and not env.get("DNI_IP_HASH_KEY"):
             raise SettingsError("DNI_IP_MODE=hash needs a secret in DNI_IP_HASH_KEY")
         region = env.get("DNI_DEFAULT_REGION", "US").upper()
-        if not re.match(r"^[A-Z]{2}$", region):
+        if not re.match(r"^[A-Z]{2}\Z", region):
             raise SettingsError(f"DNI_DEFAULT_REGION={region!r} is not a two-letter region")
         return cls(
             redis_url=url,

@@ -82,6 +82,10 @@ def test_fallback_and_unavailable_over_http(http, make_pool):
     (b'{"pool_id": "p", "visitor_id": "a{b"}', 422, "invalid_visitor_id"),
     (b'{"pool_id": "p", "visitor_id": "a|b"}', 422, "invalid_visitor_id"),
     (b'{"pool_id": "p", "visitor_id": ""}', 422, "invalid_visitor_id"),
+    (b'{"pool_id": "p", "visitor_id": "v1\\n"}', 422, "invalid_visitor_id"),
+    (b'{"pool_id": "p\\n", "visitor_id": "v1"}', 422, "invalid_pool_id"),
+    pytest.param(b'{"pool_id": "p", "visitor_id": "v", "x": ' + b"[" * 5000 + b"]" * 5000
+                 + b"}", 400, "bad_json", id="nested-5000-deep"),
     (b'{"pool_id": "p", "visitor_id": 42}', 422, "invalid_visitor_id"),
     (b'{"pool_id": "p", "visitor_id": "v", "utm_source": 3}', 422, "invalid_field"),
     (b'{"pool_id": "p", "visitor_id": "v", "gclid": "' + b"x" * 600 + b'"}', 422, "too_long"),
