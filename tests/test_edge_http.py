@@ -193,6 +193,18 @@ def test_openapi_document_names_the_contract(http):
     assert set(body["required"]) == {"pool_id", "visitor_id"}
     assert {"utm_source", "gclid", "fbclid", "msclkid", "landing_page"} <= set(body["properties"])
     assert body["properties"]["visitor_id"]["pattern"] == "^[A-Za-z0-9_.:-]{1,128}$"
+    assert doc["paths"]["/v1/pools"]["post"]["responses"].keys() >= {"201", "4XX"}
+    status = doc["components"]["schemas"]["SessionResponse"]["properties"]["status"]
+    assert status["enum"] == ["new", "reused", "fallback", "unavailable", "excluded"]
+    # every route the broker serves is in the document, with its method
+    from broker import admin, calls, edge, openapi, snippet, streams
+    served = {(m.lower(), route.path) for mod in (edge, admin, calls, streams, snippet, openapi)
+              for route in mod.routes for m in route.methods or ()
+              if m not in ("HEAD", "OPTIONS")} | {("get", "/healthz"), ("get", "/readyz")}
+    documented = {(m, path) for path, ops in doc["paths"].items() for m in ops}
+    assert served == documented
+    from openapi_spec_validator import validate
+    validate(doc)  # a valid OpenAPI 3.1 document (raises otherwise)
 
 
 @pytest.mark.parametrize("ua", [
