@@ -7,6 +7,8 @@ counted in the index of fixed numbers, so neither kind can become the other.
 
 from __future__ import annotations
 
+import asyncio
+
 import secrets
 from typing import Any
 
@@ -54,6 +56,15 @@ def _in_use(exc: NumberInUse) -> ApiError:
 
 def _not_in_pool(exc: NumberNotInPool) -> ApiError:
     return ApiError(404, "number_not_found", str(exc))
+
+
+def _fixed(target: str | None, backup: str | None) -> list[str]:
+    """The pool's target and backup numbers as counted in the global index: each distinct
+    number once per pool, so a pool naming one number as both counts it once."""
+    fixed = [target] if target else []
+    if backup and backup != target:
+        fixed.append(backup)
+    return fixed
 
 
 class Pools:
@@ -104,7 +115,7 @@ class Pools:
             "policy": req.policy,
             "ttl_ms": str(ttl_s * 1000),
         }
-        fixed = [n for n in (fields["target_number"], fields["fallback"]) if n]
+        fixed = _fixed(fields["target_number"], fields["fallback"])
         # check the fixed numbers before buying anything
         try:
             await self.engine.fix_numbers(fixed, [])
@@ -193,10 +204,9 @@ class Pools:
             fields["fallback"] = _optional_number(req.fallback_number, self.region)
         if not fields:
             return current
-        old = [n for n in (current["target_number"], current["fallback_number"]) if n]
-        new = [fields.get("target_number", current["target_number"] or ""),
-               fields.get("fallback", current["fallback_number"] or "")]
-        new = [n for n in new if n]
+        old = _fixed(current["target_number"], current["fallback_number"])
+        new = _fixed(fields.get("target_number", current["target_number"]),
+                     fields.get("fallback", current["fallback_number"]))
         add = [n for n in new if n not in old]
         drop = [n for n in old if n not in new]
         try:
@@ -213,12 +223,25 @@ class Pools:
         return await self.get(pool_id)
 
     async def _set_backup(self, pool_id: str, old: str | None, new: str | None) -> None:
-        """Keep the backup number -> pool index (calls to it are `backup_number`)."""
+        """Keep the backup number -> pool index (calls to it are `backup_number`). Several
+        pools may share a backup number: when the indexed one stops naming it, another
+        pool that still does takes its place."""
         index = self.keys.backup_index()
         if old and old != new and await self.redis.execute("HGET", index, old) == pool_id.encode():
-            await self.redis.execute("HDEL", index, old)
+            heir = await self._pool_with_backup(old, but=pool_id)
+            if heir:
+                await self.redis.execute("HSET", index, old, heir)
+            else:
+                await self.redis.execute("HDEL", index, old)
         if new:
             await self.redis.execute("HSET", index, new, pool_id)
+
+    async def _pool_with_backup(self, number: str, but: str) -> str | None:
+        ids = sorted(p.decode() for p in await self.redis.execute("SMEMBERS", self.keys.pool_index()))
+        ids = [p for p in ids if p != but]
+        backups = await asyncio.gather(*(self.redis.execute("HGET", self.keys.pool(p), "fallback")
+                                         for p in ids))
+        return next((p for p, b in zip(ids, backups) if b == number.encode()), None)
 
     async def delete(self, pool_id: str) -> None:
         """Remove every number (ending the sessions holding them), then the pool."""
@@ -237,8 +260,7 @@ class Pools:
                 break
         else:
             raise ApiError(409, "pool_busy", "numbers kept being added while deleting; retry")
-        fixed = [n for n in (pool["target_number"], pool["fallback_number"]) if n]
-        await self.engine.fix_numbers([], fixed)
+        await self.engine.fix_numbers([], _fixed(pool["target_number"], pool["fallback_number"]))
         await self._set_backup(pool_id, pool["fallback_number"], None)
         # The removals wrote `session.ended` entries to the pool's outbox, and entries the
         # sidecar had not moved yet may be there too: it empties the outboxes of deleted

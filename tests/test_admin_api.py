@@ -190,6 +190,45 @@ def test_target_and_backup_numbers_are_never_tracking_numbers(admin, make_pool):
     assert res.status_code == 200 and "+15550199990" in res.json()["numbers"]
 
 
+def test_one_number_as_both_target_and_backup_is_counted_once(admin, make_pool):
+    """A pool naming one number as target and backup holds it once in the index: changing
+    either field or deleting the pool frees it exactly when no pool names it any more."""
+    x, y, z = "+15550199970", "+15550199971", "+15550199972"
+    a = make_pool(0, target_number=x, fallback_number=x)
+    admin.patch(f"/v1/pools/{a['id']}", json={"target_number": y})  # still names x (backup)
+    res = admin.post("/v1/pools", json={"name": "t", "numbers": [x]})
+    assert res.status_code == 409 and error_of(res) == "number_in_use"
+    assert admin.delete(f"/v1/pools/{a['id']}").status_code == 204
+    res = admin.post("/v1/pools", json={"name": "t", "numbers": [x, y]})
+    assert res.status_code == 201, res.text  # nothing names them: both free
+    # two pools: b names z as target, c as backup then also as target; c goes
+    b = make_pool(0, target_number=z)
+    c = make_pool(0, target_number="+15550199973", fallback_number=z)
+    admin.patch(f"/v1/pools/{c['id']}", json={"target_number": z})
+    assert admin.delete(f"/v1/pools/{c['id']}").status_code == 204
+    res = admin.post("/v1/pools", json={"name": "t", "numbers": [z]})
+    assert res.status_code == 409 and error_of(res) == "number_in_use"  # b still names it
+    assert admin.get(f"/v1/pools/{b['id']}").json()["target_number"] == z
+
+
+def test_pools_sharing_a_backup_number(admin, make_pool):
+    """Calls to a backup number several pools name stay `backup_number` of a pool that
+    still names it, whichever pool leaves."""
+    backup = "+15550197777"
+    d = make_pool(1, fallback_number=backup)
+    e = make_pool(1, fallback_number=backup)
+    assert admin.delete(f"/v1/pools/{e['id']}").status_code == 204
+    res = admin.post("/v1/calls", json={"to": backup, "call_id": "CA-shared-1"}).json()
+    assert (res["attributed"], res["reason"], res["pool_id"]) == (False, "backup_number", d["id"])
+    f = make_pool(1, fallback_number=backup)  # the index now names f
+    admin.patch(f"/v1/pools/{f['id']}", json={"fallback_number": None})
+    res = admin.post("/v1/calls", json={"to": backup, "call_id": "CA-shared-2"}).json()
+    assert (res["reason"], res["pool_id"]) == ("backup_number", d["id"])
+    admin.patch(f"/v1/pools/{d['id']}", json={"fallback_number": None})
+    res = admin.post("/v1/calls", json={"to": backup, "call_id": "CA-shared-3"}).json()
+    assert res["reason"] == "not_a_pool_number"
+
+
 def test_invalid_numbers_are_422(admin, make_pool):
     pool = make_pool(1)
     for res in (admin.post(f"/v1/pools/{pool['id']}/numbers", json={"numbers": ["123"]}),
