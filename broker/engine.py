@@ -147,10 +147,11 @@ class Engine:
         return added
 
     async def end_sessions(self, pool_id: str, batch: int = 64) -> int:
-        """Walk the numbers whose score passed (end_sessions-4.lua): report the leases
+        """Walk the numbers whose score passed (end_sessions-5.lua): report the leases
         that ended, move the refreshed ones to their real end. Returns how many ended."""
         k = self.keys
-        keys = [k.pool(pool_id), k.numbers(pool_id), k.holders(pool_id), k.outbox(pool_id)]
+        keys = [k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id), k.holders(pool_id),
+                k.outbox(pool_id)]
         total = 0
         while True:
             reported, more = await self._run("end_sessions", keys, [pool_id, batch])
@@ -165,7 +166,8 @@ class Engine:
         one sidecar interval)."""
         k = self.keys
         await self.end_sessions(pool_id, 500)
-        total, held, now = await self._run("pool_stats", [k.pool(pool_id), k.numbers(pool_id)], [])
+        total, held, now = await self._run("pool_stats", [k.pool(pool_id), k.numbers(pool_id),
+                                                          k.inactive(pool_id)], [])
         if total < 0:
             raise PoolNotFound(pool_id)
         return PoolStats(total, held, now)
@@ -201,14 +203,16 @@ class Engine:
         """True if it was inactive (now active), False if it was active already."""
         k = self.keys
         code = await self._with_holder("activate_number", pool_id, number, [
-            k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id), k.holders(pool_id)])
+            k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id), k.holders(pool_id),
+            k.outbox(pool_id)])
         return code == 1
 
     async def deactivate_number(self, pool_id: str, number: str) -> bool:
         """True if it was active (now inactive), False if it was inactive already."""
         k = self.keys
         code = await self._run("deactivate_number", [
-            k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id)], [number])
+            k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id), k.holders(pool_id),
+            k.outbox(pool_id)], [number, pool_id])
         if code == -1:
             raise PoolNotFound(pool_id)
         if code == 0:

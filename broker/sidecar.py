@@ -3,7 +3,7 @@
 Every `session.started` record is written to the pool's outbox by the same script that
 assigned the number, so nothing is lost if a broker dies after answering. The sidecar:
 
-1. reports ended sessions (end_sessions-4.lua writes `session.ended` to the outbox once
+1. reports ended sessions (end_sessions-5.lua writes `session.ended` to the outbox once
    per lease; a lease whose number was reassigned first was reported by the session
    script) and moves numbers whose lease was refreshed after their score was written to
    that lease's end, so that scores are exact within one interval (see session-5.lua);

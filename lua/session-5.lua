@@ -18,7 +18,7 @@ whose score has passed is therefore a candidate, and its holders entry decides: 
 that ended frees it (an expired session returns its number with no background process);
 a lease that was refreshed moves the number to its real end and the pick goes on. Each
 such move stands for at least one session length of refreshes, so it is paid for once
-per session length, and the sidecar makes them ahead of time (end_sessions-4.lua).
+per session length, and the sidecar makes them ahead of time (end_sessions-5.lua).
 
 KEYS[1] pool     hash: ttl_ms (session length, ms), fallback (E.164 or ""), policy
 KEYS[2] numbers  sorted set: member = E.164 number, score = free-from time (epoch ms),

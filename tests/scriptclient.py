@@ -73,16 +73,25 @@ class Scripts:
     def activate_number(self, pool_id: str, number: str) -> int:
         k = self.keys
         return self._with_holder("activate_number", pool_id, number, [
-            k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id), k.holders(pool_id)])
+            k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id), k.holders(pool_id),
+            k.outbox(pool_id)])
 
     def deactivate_number(self, pool_id: str, number: str) -> int:
         k = self.keys
         return self.run("deactivate_number", [k.pool(pool_id), k.numbers(pool_id),
-                                              k.inactive(pool_id)], [number])
+                                              k.inactive(pool_id), k.holders(pool_id),
+                                              k.outbox(pool_id)], [number, pool_id])
 
     def stats(self, pool_id: str) -> tuple[int, int, int]:
         k = self.keys
-        return tuple(self.run("pool_stats", [k.pool(pool_id), k.numbers(pool_id)], []))
+        return tuple(self.run("pool_stats", [k.pool(pool_id), k.numbers(pool_id),
+                                             k.inactive(pool_id)], []))
+
+    def end_keys(self, pool_id: str) -> list[str]:
+        """KEYS of end_sessions-5.lua."""
+        k = self.keys
+        return [k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id), k.holders(pool_id),
+                k.outbox(pool_id)]
 
 
 # An atomic snapshot of one pool for invariant checks (test-only; never shipped).

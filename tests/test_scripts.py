@@ -219,7 +219,7 @@ def test_end_sessions_reports_each_ended_lease_once(s: Scripts, r):
     _, n_b, sid_b, exp_b = s.session("p1", "b", "sidB", pick=0)
     s.heartbeat("p1", "b", sid_b)
     s.heartbeat("p1", "b", sid_b)
-    keys = [s.keys.pool("p1"), s.keys.numbers("p1"), s.keys.holders("p1"), s.keys.outbox("p1")]
+    keys = s.end_keys("p1")
     assert s.run("end_sessions", keys, ["p1", 100]) == [0, 0]  # nothing ended yet
     time.sleep(1.1)
     assert s.run("end_sessions", keys, ["p1", 100]) == [2, 0]
@@ -239,7 +239,7 @@ def test_end_sessions_moves_a_refreshed_lease_and_reports_its_real_end(s: Script
     _, number, sid, exp = s.session("p1", "a", "sidA")
     time.sleep(0.7)
     _, _, exp2 = s.heartbeat("p1", "a", sid)
-    keys = [s.keys.pool("p1"), s.keys.numbers("p1"), s.keys.holders("p1"), s.keys.outbox("p1")]
+    keys = s.end_keys("p1")
     time.sleep(0.35)  # the first score passed; the lease holds
     assert s.run("end_sessions", keys, ["p1", 100]) == [0, 0]
     assert r.zscore(s.keys.numbers("p1"), number) == exp2  # moved to the lease's end
@@ -285,6 +285,48 @@ def test_reactivating_a_refreshed_number_keeps_it_held_to_the_lease_end(s: Scrip
     assert ended["ended_at"] == str(exp2)
 
 
+def test_a_session_on_a_deactivated_number_is_reported_when_it_ends(s: Scripts, r):
+    """The sidecar walks the inactive set too: a session that goes on on a deactivated
+    number counts as live, is moved if refreshed, and is reported once when it ends, with
+    or without reactivation in between."""
+    s.make_pool("p1", numbers(2), ttl_ms=1000)
+    _, number, sid, exp = s.session("p1", "a", "sidA", pick=0)
+    assert s.deactivate_number("p1", number) == 1
+    assert r.zscore(s.keys.inactive("p1"), number) == exp  # scored by its lease's end
+    assert s.stats("p1")[:2] == (1, 1)  # one active number; the session is live
+    time.sleep(0.7)
+    _, _, exp2 = s.heartbeat("p1", "a", sid)
+    time.sleep(0.35)  # past its first end; refreshed
+    assert s.run("end_sessions", s.end_keys("p1"), ["p1", 100]) == [0, 0]
+    assert r.zscore(s.keys.inactive("p1"), number) == exp2
+    assert s.stats("p1")[:2] == (1, 1)
+    time.sleep((exp2 - time.time() * 1000) / 1000 + 0.05)
+    assert s.run("end_sessions", s.end_keys("p1"), ["p1", 100]) == [1, 0]
+    (ended,) = _ended(r, s, "p1")
+    assert (ended["session_id"], ended["ended_at"]) == (sid, str(exp2))
+    assert s.stats("p1")[:2] == (1, 0)
+    assert s.activate_number("p1", number) == 1
+    assert s.run("end_sessions", s.end_keys("p1"), ["p1", 100]) == [0, 0]
+    assert len(_ended(r, s, "p1")) == 1  # once
+
+
+def test_deactivating_or_reactivating_reports_an_ended_lease_the_sidecar_has_not(s: Scripts, r):
+    s.make_pool("p1", numbers(2), ttl_ms=300)
+    _, n_a, sid_a, exp_a = s.session("p1", "a", "sidA", pick=0)
+    _, n_b, sid_b, exp_b = s.session("p1", "b", "sidB", pick=0)
+    assert s.deactivate_number("p1", n_b) == 1  # b's session goes on
+    time.sleep(0.35)  # both leases ended; no sidecar ran
+    assert s.deactivate_number("p1", n_a) == 1  # reports a's end now
+    assert [e["session_id"] for e in _ended(r, s, "p1")] == [sid_a]
+    assert s.activate_number("p1", n_b) == 1  # reports b's end now
+    ended = {e["session_id"]: e["ended_at"] for e in _ended(r, s, "p1")}
+    assert ended == {sid_a: str(exp_a), sid_b: str(exp_b)}
+    assert r.zscore(s.keys.numbers("p1"), n_b) == exp_b  # free since its lease's end
+    s.activate_number("p1", n_a)
+    assert s.run("end_sessions", s.end_keys("p1"), ["p1", 100]) == [0, 0]
+    assert len(_ended(r, s, "p1")) == 2
+
+
 def test_reassignment_reports_the_previous_lease_if_the_sidecar_has_not(s: Scripts, r):
     s.make_pool("p1", numbers(1), ttl_ms=1000)
     _, number, sid_a, exp_a = s.session("p1", "a", "sidA")
@@ -293,7 +335,7 @@ def test_reassignment_reports_the_previous_lease_if_the_sidecar_has_not(s: Scrip
     assert number_b == number
     (ended,) = _ended(r, s, "p1")
     assert ended["session_id"] == sid_a and ended["ended_at"] == str(exp_a)
-    keys = [s.keys.pool("p1"), s.keys.numbers("p1"), s.keys.holders("p1"), s.keys.outbox("p1")]
+    keys = s.end_keys("p1")
     assert s.run("end_sessions", keys, ["p1", 100])[0] == 0  # b is live, a already reported
 
 
@@ -302,7 +344,7 @@ def test_end_sessions_batches_do_not_skip_leases(s: Scripts, r):
     for i in range(7):
         s.session("p1", f"v{i}", f"s{i}", pick=0)
     time.sleep(1.1)
-    keys = [s.keys.pool("p1"), s.keys.numbers("p1"), s.keys.holders("p1"), s.keys.outbox("p1")]
+    keys = s.end_keys("p1")
     total, calls = 0, 0
     while True:
         reported, more = s.run("end_sessions", keys, ["p1", 3])

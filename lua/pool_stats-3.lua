@@ -1,19 +1,23 @@
 --[[
-pool_stats-2.lua: a consistent snapshot of a pool's size and live sessions.
+pool_stats-3.lua: a consistent snapshot of a pool's size and live sessions.
 
 KEYS[1] pool     hash (must exist)
 KEYS[2] numbers  sorted set: number -> free-from time (epoch ms)
+KEYS[3] inactive sorted set of deactivated numbers, scored the same way
 Returns {numbers, active_sessions, now_ms}, or {-1, -1, now_ms} when the pool does not
-exist. A number counts as held when its score > now: exact once end_sessions-4.lua has
+exist: numbers counts the active ones; active_sessions every live session, those on
+deactivated numbers included (they go on to their end).
+A number counts as held when its score > now: exact once end_sessions-5.lua has
 walked the scores that passed (the broker runs it first; see session-5.lua on scores
 that lag a refreshed lease). Cost: O(log n).
 ]]
-local pool_key, numbers_key = KEYS[1], KEYS[2]
+local pool_key, numbers_key, inactive_key = KEYS[1], KEYS[2], KEYS[3]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('EXISTS', pool_key) == 0 then
   return {-1, -1, now}
 end
 local total = redis.call('ZCARD', numbers_key)
-local held = redis.call('ZCOUNT', numbers_key, '(' .. now, '+inf')
+local held = redis.call('ZCOUNT', numbers_key, '(' .. now, '+inf') +
+  redis.call('ZCOUNT', inactive_key, '(' .. now, '+inf')
 return {total, held, now}
