@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -30,11 +30,15 @@ from .source import flat
 CALL_ID_KEEP_S = 7 * 86400
 
 
+# epoch ms up to the end of year 9999: anything later is a unit mistake, not a time
+CallTime = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799_999)]
+
+
 class CallRequest(msgspec.Struct):
     to: str
     call_id: str
     from_: str | None = msgspec.field(name="from", default=None)
-    at: int | None = None
+    at: CallTime | None = None
 
 
 def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
@@ -58,9 +62,8 @@ async def _parse(request: Request) -> tuple[dict[str, Any], bool]:
     settings = request.app.state.settings
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/x-www-form-urlencoded":
-        body = await request.body()
-        if len(body) > settings.max_body_bytes:
-            raise ApiError(413, "too_large", f"the body is over {settings.max_body_bytes} bytes")
+        body = await read_body(request.scope, request.receive, settings.max_body_bytes,
+                               (b"application/x-www-form-urlencoded",))
         params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         signed = False
         if not authorized(request):
@@ -130,12 +133,14 @@ async def attribute(state: Any, to: str, at: int | None, grace_ms: int) -> dict[
         if backup_of is not None:
             out["pool_id"] = backup_of.decode()
         if out["at"] is None:
-            out["at"] = int((await state.redis.execute("TIME"))[0]) * 1000
+            sec, usec = await state.redis.execute("TIME")
+            out["at"] = int(sec) * 1000 + int(usec) // 1000
         return out
     pool_id = pool_id.decode()
     match, lease, source, lease_end, at_ms = await state.redis.evalsha(
         state.engine.scripts["attribute_call"],
-        [keys.pool(pool_id), keys.numbers(pool_id), keys.holders(pool_id)],
+        [keys.pool(pool_id), keys.numbers(pool_id), keys.inactive(pool_id),
+         keys.holders(pool_id)],
         [to, "" if at is None else at, grace_ms])
     match = match.decode()
     if match not in ("live", "grace"):

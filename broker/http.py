@@ -10,7 +10,7 @@ shape by the app's exception handlers, as for every other route.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Collection
 
 import orjson
 from starlette.responses import Response
@@ -30,8 +30,10 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body, at most `limit` bytes, sent as JSON or text/plain; else ApiError."""
+async def read_body(scope: Scope, receive: Receive, limit: int,
+                    media_types: Collection[bytes] | None = None) -> bytes:
+    """The request body, at most `limit` bytes, sent as JSON or text/plain (or one of
+    `media_types`); else ApiError."""
     ctype = b""
     declared = None
     for key, value in scope["headers"]:
@@ -40,7 +42,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         elif key == b"content-length":
             declared = value
     media = ctype.split(b";", 1)[0].strip().lower()
-    if media not in _JSON_TYPES:
+    if media not in (media_types or _JSON_TYPES):
         raise ApiError(415, "unsupported_media_type",
                        f"send JSON as application/json or text/plain, not {media.decode('latin-1')!r}")
     if declared is not None:

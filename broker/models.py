@@ -118,7 +118,8 @@ _FIELD_CODES = {"pool_id": "invalid_pool_id", "visitor_id": "invalid_visitor_id"
                 "session_id": "invalid_session_id", "session_ttl_s": "invalid_session_ttl",
                 "policy": "invalid_policy", "provider": "invalid_provider",
                 "count": "invalid_count", "area_code": "invalid_area_code",
-                "contains": "invalid_pattern", "country": "invalid_country"}
+                "contains": "invalid_pattern", "country": "invalid_country",
+                "at": "invalid_at"}
 _AT_RE = re.compile(r"- at `\$((?:\.[A-Za-z_]+)*)")
 
 

@@ -51,7 +51,7 @@ ERROR_CODES = {
     "415": "unsupported_media_type",
     "422": "missing_field, invalid_body, invalid_field, too_long, invalid_pool_id, "
            "invalid_visitor_id, invalid_session_id, invalid_session_ttl, invalid_policy, "
-           "invalid_number, invalid_call_id, invalid_target, invalid_provider, invalid_count, "
+           "invalid_number, invalid_call_id, invalid_at, invalid_target, invalid_provider, invalid_count, "
            "invalid_area_code, invalid_pattern, invalid_country, provider_not_configured, "
            "too_many_pools, no_target_number",
     "429": "rate_limited (with Retry-After)",

@@ -140,9 +140,23 @@ def test_unattributed_calls_give_their_reason(http, admin, make_pool, r):
     assert backup["reason"] == "backup_number" and backup["pool_id"] == pool["id"]
     idle = post_call(admin, pool["numbers"][0], "CA-idle")  # never leased
     assert idle["reason"] == "no_session" and idle["pool_id"] == pool["id"]
+    admin.post(f"/v1/pools/{pool['id']}/numbers/{pool['numbers'][1]}/deactivate")
+    inactive = post_call(admin, pool["numbers"][1], "CA-inactive")  # still the pool's
+    assert inactive["reason"] == "no_session" and inactive["pool_id"] == pool["id"]
+    # a call without `at` is timed to the millisecond, whatever its reason
+    before = int(time.time() * 1000)
+    timed = post_call(admin, "+15550155556", "CA-timed")
+    assert before - 5 <= timed["at"] <= int(time.time() * 1000) + 5
     events = {e["call_id"]: e for e in entries(r, "dni:calls")}
     assert {e["event"] for e in events.values()} == {"call.unattributed"}
     assert events["CA-backup"]["reason"] == "backup_number"
+
+
+@pytest.mark.parametrize("at", [-1, 18446744073709551615, 9223372036854775807,
+                                253402300800000, "1764210000000", 1.5])
+def test_a_call_time_out_of_range_is_422(admin, at):
+    res = admin.post("/v1/calls", json={"to": "+15550155555", "call_id": "CA-at", "at": at})
+    assert res.status_code == 422 and res.json()["error"]["code"] == "invalid_at", res.text
 
 
 def test_repeated_call_id_gives_one_entry_and_the_same_answer(http, admin, make_pool, r):
