@@ -49,11 +49,19 @@ async def bench_constant(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state = request.app.state
-    try:
-        scripts = list(state.engine.scripts.values())
+    scripts = list(state.engine.scripts.values())
+
+    async def check() -> None:
         if not await state.redis.scripts_loaded(scripts):
             # flushed since start-up (or Redis restarted empty): load them again
             await state.redis.load_scripts(scripts)
+
+    try:
+        # a Redis that accepts connections but does not answer (stopped, swapping) is
+        # not ready either: answer within the retry budget rather than hang
+        await asyncio.wait_for(check(), max(state.settings.redis_retry_s, 1.0))
+    except asyncio.TimeoutError:
+        return error_response(503, "not_ready", "Redis is not answering (timed out)")
     except (RedisUnavailable, RedisError, OSError) as exc:
         return error_response(503, "not_ready", f"Redis is not answering: {exc}")
     return json_response(b'{"status":"ready"}')
@@ -77,7 +85,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
     return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
-                          str(exc.detail))
+                          str(exc.detail), headers=exc.headers)  # 405 names Allow
 
 
 async def _internal(request: Request, exc: Exception) -> Response:

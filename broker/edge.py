@@ -7,6 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope
 
+from .engine import PoolNotFound
 from .errors import CORS_HEADERS
 from .http import Endpoint, header, read_body
 from .models import (Attribution, HeartbeatRequest, HeartbeatResponse, SessionRequest,
@@ -50,6 +51,8 @@ async def session(scope: Scope, receive: Receive) -> bytes:
     body = await read_body(scope, receive, state.settings.max_body_bytes)
     req = decode(body, SessionRequest)
     if is_bot(header(scope, b"user-agent") or b""):
+        if not await state.engine.pool_exists(req.pool_id):  # unknown pools are 404 for all
+            raise PoolNotFound(req.pool_id)
         state.counts.add(req.pool_id, "excluded")
         return encoder.encode(EXCLUDED)
     res = await state.engine.session(req.pool_id, req.visitor_id, source_of(scope, body, ip))

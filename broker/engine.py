@@ -146,6 +146,9 @@ class Engine:
             raise PoolNotFound(pool_id)
         return added
 
+    async def pool_exists(self, pool_id: str) -> bool:
+        return bool(await self.redis.execute("EXISTS", self.keys.pool(pool_id)))
+
     async def end_sessions(self, pool_id: str, batch: int = 64) -> int:
         """Walk the numbers whose score passed (end_sessions-5.lua): report the leases
         that ended, move the refreshed ones to their real end. Returns how many ended."""

@@ -16,6 +16,12 @@ def error_of(res: httpx.Response) -> str:
     return body["error"]["code"]
 
 
+def test_a_wrong_method_is_405_with_allow(http):
+    res = http.get("/v1/dni/session")
+    assert res.status_code == 405 and error_of(res) == "method_not_allowed"
+    assert "POST" in res.headers["allow"]
+
+
 def test_healthz_and_readyz(http):
     assert http.get("/healthz").json() == {"status": "ok"}
     assert http.get("/readyz").status_code == 200
@@ -219,3 +225,6 @@ def test_known_bots_are_excluded_and_hold_nothing(http, make_pool, admin, ua):
                           "expires_at": None, "heartbeat_s": 0}
     person = http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": "p"})
     assert person.json()["status"] == "new"  # the only number was still free
+    unknown = http.post("/v1/dni/session", headers={"User-Agent": ua},
+                        json={"pool_id": "nosuchpool", "visitor_id": "crawler"})
+    assert unknown.status_code == 404 and error_of(unknown) == "pool_not_found"

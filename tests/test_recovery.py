@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -114,6 +115,34 @@ def test_readyz_is_503_when_redis_is_down():
         assert res.status_code == 503 and res.json()["error"]["code"] == "redis_unavailable"
     finally:
         stop(proc)
+
+
+def test_readyz_is_503_when_redis_stops_answering():
+    """A Redis that keeps its connections but answers nothing (SIGSTOP: a hung or
+    swapping server) is not ready: /readyz says so within the retry budget, and is ready
+    again once Redis answers."""
+    tmp = tempfile.mkdtemp(prefix="dni-test-stopped-")
+    port = free_port()
+    server = start_redis(tmp, port)
+    broker = BrokerProcess(f"redis://127.0.0.1:{port}/0", env={"DNI_REDIS_RETRY_MS": "1000"})
+    try:
+        broker.start()
+        with httpx.Client(base_url=broker.url, timeout=15) as http:
+            assert http.get("/readyz").status_code == 200
+            server.send_signal(signal.SIGSTOP)
+            try:
+                t = time.monotonic()
+                ready = http.get("/readyz")
+                took = time.monotonic() - t
+            finally:
+                server.send_signal(signal.SIGCONT)
+            assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
+            assert took < 5, took
+            assert http.get("/readyz").status_code == 200
+    finally:
+        broker.stop()
+        stop(server)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _FlakyRedis(asyncio.Protocol):
