@@ -25,6 +25,7 @@ from .errors import ApiError
 from .http import json_response, read_body
 from .models import decode
 from .phone import InvalidNumber, normalize
+from .sidecar import SAFETY_CAP
 from .source import flat
 
 CALL_ID_KEEP_S = 7 * 86400
@@ -116,7 +117,7 @@ async def post_call(request: Request) -> Response:
     first, stored = await state.redis.evalsha(
         state.engine.scripts["record_call"],
         [keys.call_seen(call["call_id"]), keys.calls_stream()],
-        [CALL_ID_KEEP_S, settings.stream_maxlen, orjson.dumps(answer),
+        [CALL_ID_KEEP_S, SAFETY_CAP * settings.stream_maxlen, orjson.dumps(answer),
          *(x for kv in entry.items() for x in kv)])
     body = stored if isinstance(stored, bytes) else orjson.dumps(answer)
     return json_response(body, cors=False)

@@ -39,6 +39,9 @@ log = logging.getLogger("dni.sidecar")
 # step must be short. Between batches it yields, letting waiting requests run.
 BATCH = 64
 LEADER_TTL_MS = 10_000
+# Streams are trimmed to DNI_STREAM_MAXLEN by the sidecar's retention check, which can
+# tell what the trim drops; writes cap them at this multiple of it, should no sidecar run.
+SAFETY_CAP = 2
 STATS_FIELDS = ("copied", "ended_reported", "trimmed", "trim_dropped_pending", "cycles")
 
 
@@ -91,8 +94,10 @@ class Sidecar:
                 fields = consumer_fields({_s(raw[i]): _s(raw[i + 1])
                                           for i in range(0, len(raw), 2)})
                 flat_fields = [x for kv in fields.items() for x in kv]
-                writes.append(self.redis.execute("XADD", sessions, "MAXLEN", "~", self.maxlen,
-                                                 "*", *flat_fields))
+                # the sidecar trims to maxlen itself each cycle (check_retention), warning
+                # when that drops unread entries; the cap here is only a safety net
+                writes.append(self.redis.execute("XADD", sessions, "MAXLEN", "~",
+                                                 SAFETY_CAP * self.maxlen, "*", *flat_fields))
             await asyncio.gather(*writes)  # one pipelined batch, in order
             await self.redis.execute("XDEL", outbox, *(entry_id for entry_id, _ in entries))
             copied += len(entries)

@@ -5,7 +5,8 @@ KEYS[1] seen     string: the first answer given for this call id (JSON), with a 
                  tagged {dni:calls} so it shares the calls stream's hash slot
 KEYS[2] calls    the consumers' calls stream
 ARGV[1] how long to remember the call id (s)
-ARGV[2] the stream's retention (MAXLEN ~)
+ARGV[2] a safety cap on the stream's length (MAXLEN ~); the sidecar trims it to the
+        retention itself, warning when that drops unread entries
 ARGV[3] the answer (JSON)
 ARGV[4..] the stream entry's field, value pairs
 

@@ -213,3 +213,32 @@ def test_an_undecodable_or_failing_pool_does_not_stop_the_sidecar(redis_server, 
     assert done["copied"] == 2 and set(copied) == {b"a", b"c"}
     assert copied[b"a"][b"user_agent"].decode() == "Mozilla \ufffd\ufffd"
     assert r.xlen(keys.outbox("a")) == 0 and r.xlen(keys.outbox("c")) == 0
+
+
+def test_copying_past_the_retention_warns_about_unread_entries(redis_server, r: redis.Redis):
+    """The sidecar's own copying overflows the retention: the trim that follows counts
+    the entries a consumer group had not read (the copy itself does not trim them away
+    unseen)."""
+    keys = Keys("dni")
+    r.xgroup_create(keys.sessions_stream(), "slow", id="0", mkstream=True)
+    # 450 entries, retention 200: more than a stream node (100 entries) over it, which
+    # an approximate trim at write time would drop unseen
+    for i in range(450):
+        r.xadd(keys.outbox("a"), {"event": "session.started", "pool_id": "a",
+                                  "session_id": f"s{i}", "source": b"\nua\n{}"})
+
+    async def run() -> dict:
+        client = PipelinedRedis(redis_server)
+        scripts = load_scripts()
+        await client.load_scripts(list(scripts.values()))
+        await client.evalsha(scripts["create_pool"], [keys.pool("a"), keys.numbers("a")],
+                             [1, "ttl_ms", 60000])
+        await client.execute("SADD", keys.pool_index(), "a")
+        done = await Sidecar(client, keys, scripts, maxlen=200).cycle()
+        await client.close()
+        return done
+
+    assert asyncio.run(run())["copied"] == 450
+    assert r.xlen(keys.sessions_stream()) == 200
+    stats = {k.decode(): int(v) for k, v in r.hgetall(keys.sidecar_stats()).items()}
+    assert stats["trimmed"] == 250 and stats["trim_dropped_pending"] >= 1
