@@ -160,7 +160,8 @@ def run_tail(args: argparse.Namespace) -> int:
     max_deliveries = args.max_deliveries or settings.max_deliveries
     keys = Keys(settings.key_prefix)
     stream = keys.sessions_stream() if args.stream == "sessions" else keys.calls_stream()
-    client = redis.Redis.from_url(url)
+    # each command names one stream, so a cluster client routes them one by one
+    client = redis.RedisCluster.from_url(url) if settings.redis_cluster else redis.Redis.from_url(url)
     try:
         if args.group:
             if not args.consumer:

@@ -231,13 +231,16 @@ class PipelinedRedis:
 
 
 class ClusterRedis:
-    """The same interface over redis-py's cluster client (hash-slot routing)."""
+    """The same interface over redis-py's cluster client (hash-slot routing), with the
+    same failure contract: a cluster that cannot be reached within the retry budget is
+    RedisUnavailable (503 at the edge), an error reply is RedisError."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, retry_s: float = 3.0) -> None:
         from redis.asyncio.cluster import RedisCluster
 
         self._client = RedisCluster.from_url(url, decode_responses=False, protocol=2)
         self._ready = False
+        self.retry_s = retry_s
 
     async def _init(self) -> None:
         if not self._ready:
@@ -248,37 +251,65 @@ class ClusterRedis:
             self._client.response_callbacks = {}
             self._ready = True
 
+    async def _call(self, make: Any) -> Any:
+        """Run `make()` (a fresh coroutine each try), retrying while the cluster is
+        unreachable or down, up to the retry budget."""
+        from redis import exceptions as rx
+
+        unreachable = (rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError,
+                       rx.TryAgainError, rx.RedisClusterException, OSError)
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                await self._init()
+                return await make()
+            except rx.ResponseError as exc:
+                if not isinstance(exc, (rx.ClusterDownError, rx.TryAgainError)):
+                    raise RedisError(str(exc)) from None
+                last: Exception = exc
+            except unreachable as exc:
+                last = exc
+            if time.monotonic() >= deadline:
+                raise RedisUnavailable(f"Redis Cluster not reachable: {last}") from None
+            await asyncio.sleep(0.1)
+
     async def execute(self, *args: Any) -> Any:
-        await self._init()
-        return await self._client.execute_command(*args)
+        return await self._call(lambda: self._client.execute_command(*args))
 
     async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         from redis.exceptions import NoScriptError
 
-        try:
-            return await self._client.evalsha(script.sha, script.numkeys, *keys, *args)
-        except NoScriptError:
-            return await self._client.eval(script.body, script.numkeys, *keys, *args)
+        async def run() -> Any:
+            try:
+                return await self._client.evalsha(script.sha, script.numkeys, *keys, *args)
+            except NoScriptError:
+                return await self._client.eval(script.body, script.numkeys, *keys, *args)
+
+        return await self._call(run)
 
     async def load_scripts(self, scripts: list[Script]) -> None:
-        await self._init()
-        for node in self._client.get_primaries():
-            for script in scripts:
-                await self._client.execute_command("SCRIPT", "LOAD", script.body,
-                                                   target_nodes=node)
+        async def run() -> None:
+            for node in self._client.get_primaries():
+                for script in scripts:
+                    await self._client.execute_command("SCRIPT", "LOAD", script.body,
+                                                       target_nodes=node)
+
+        await self._call(run)
 
     async def scripts_loaded(self, scripts: list[Script]) -> bool:
-        await self._init()
-        for node in self._client.get_primaries():
-            found = await self._client.execute_command(
-                "SCRIPT", "EXISTS", *(s.sha for s in scripts), target_nodes=node)
-            if not all(found):
-                return False
-        return True
+        async def run() -> bool:
+            for node in self._client.get_primaries():
+                found = await self._client.execute_command(
+                    "SCRIPT", "EXISTS", *(s.sha for s in scripts), target_nodes=node)
+                if not all(found):
+                    return False
+            return True
+
+        return await self._call(run)
 
     async def close(self) -> None:
         await self._client.aclose()
 
 
 def connect(url: str, cluster: bool = False, retry_s: float = 3.0) -> PipelinedRedis | ClusterRedis:
-    return ClusterRedis(url) if cluster else PipelinedRedis(url, retry_s)
+    return ClusterRedis(url, retry_s) if cluster else PipelinedRedis(url, retry_s)

@@ -90,7 +90,9 @@ class BrokerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def start(self) -> "BrokerProcess":
+    def start(self, wait_ready: bool = True) -> "BrokerProcess":
+        """Start `dni serve`; wait until /readyz says 200 (or, not waiting for Redis,
+        until the process answers /healthz)."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "broker.cli", "serve", "--port", str(self.port),
@@ -99,7 +101,9 @@ class BrokerProcess:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if wait_ready and httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+                if not wait_ready and httpx.get(self.url + "/healthz").status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

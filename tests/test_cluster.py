@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Iterator
@@ -104,8 +107,31 @@ def test_broker_on_a_cluster(cluster_url: str):
         assert admin.post("/v1/calls", json={"to": got[0]["number"],
                                              "call_id": "CA-cluster"}).json() == call.json()
         assert nodes.xlen("dni:calls") == 1
+        # the reference consumer reads the streams from the cluster too
+        env = dict(os.environ, DNI_REDIS_URL=cluster_url, DNI_REDIS_CLUSTER="1")
+        out = subprocess.run([sys.executable, "-m", "broker.cli", "events", "tail",
+                              "--stream", "calls"], env=env, capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+        assert [json.loads(line)["call_id"] for line in out.splitlines()] == ["CA-cluster"]
         nodes.close()
     finally:
         if admin is not None:
             admin.close()
+        broker.stop()
+
+
+def test_an_unreachable_cluster_is_503_not_500():
+    """DNI_REDIS_CLUSTER=1 keeps the failure contract: /readyz 503 not_ready and the edge
+    503 redis_unavailable, within the retry budget (nothing listens at the address)."""
+    broker = BrokerProcess(f"redis://127.0.0.1:{free_port()}/0",
+                           env={"DNI_REDIS_CLUSTER": "1", "DNI_REDIS_RETRY_MS": "300"})
+    broker.start(wait_ready=False)
+    try:
+        with httpx.Client(base_url=broker.url, timeout=20) as http:
+            ready = http.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
+            res = http.post("/v1/dni/session", json={"pool_id": "p", "visitor_id": "v"})
+            assert res.status_code == 503, res.text
+            assert res.json()["error"]["code"] == "redis_unavailable"
+    finally:
         broker.stop()
