@@ -99,7 +99,12 @@ class Pools:
             raise ApiError(409, "not_enough_numbers", str(exc)) from None
         except ProviderError as exc:
             raise ApiError(502, "provider_error", str(exc)) from None
-        return provider, [normalize_one(n, self.region) for n in bought]
+        try:
+            return provider, [normalize_one(n, self.region) for n in bought]
+        except ApiError:  # a number the provider sold that we cannot use: give them back
+            await release_all(provider, bought)
+            raise ApiError(502, "provider_error", f"the provider sold numbers this broker "
+                           f"cannot use ({', '.join(bought)}); they were released") from None
 
     # -- pools ----------------------------------------------------------------------------
 

@@ -52,7 +52,9 @@ class RateLimiter:
             self.limited += 1
             raise ApiError(429, "rate_limited",
                            f"too many requests from {ip}; retry in {math.ceil(wait)} s",
-                           {"retry-after": str(math.ceil(wait))})
+                           {"retry-after": str(math.ceil(wait)),
+                            # let the page's script read it (CORS hides it otherwise)
+                            "access-control-expose-headers": "Retry-After"})
         self.due[ip] = due + self.interval
         if len(self.due) > _SWEEP_AT:
             self.sweep(now)

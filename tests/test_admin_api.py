@@ -402,6 +402,15 @@ def test_buy_from_twilio(tadmin, twilio):
     res = tadmin.post(f"/v1/pools/{pool['id']}/numbers",
                       json={"buy": {"provider": "twilio", "count": 9, "area_code": "415"}})
     assert res.status_code == 409 and error_of(res) == "not_enough_numbers"
+    # a number the provider sells that the broker cannot use is given back, not kept
+    twilio.inventory.append("+1999555012")  # nine digits: not a valid NANP number
+    try:
+        res = tadmin.post(f"/v1/pools/{pool['id']}/numbers",
+                          json={"buy": {"provider": "twilio", "count": 1, "area_code": "999"}})
+        assert res.status_code == 502 and error_of(res) == "provider_error", res.text
+        assert "+1999555012" not in twilio.owned
+    finally:
+        twilio.inventory.remove("+1999555012")
 
 
 def test_a_failed_twilio_purchase_releases_what_it_bought(tadmin, twilio):

@@ -17,7 +17,8 @@ def test_allows_a_burst_then_the_average_rate():
     with pytest.raises(ApiError) as refused:
         limiter.check("203.0.113.9", now=100.0)
     assert refused.value.status == 429 and refused.value.code == "rate_limited"
-    assert refused.value.headers == {"retry-after": "1"}
+    assert refused.value.headers == {"retry-after": "1",
+                                     "access-control-expose-headers": "Retry-After"}
     limiter.check("198.51.100.1", now=100.0)  # another client is not affected
     limiter.check("203.0.113.9", now=100.1)  # a tenth of a second frees one request
     with pytest.raises(ApiError):
@@ -76,6 +77,7 @@ def test_edge_answers_429_with_the_error_shape(redis_server, r):
         refused = answers[-1]
         assert refused.json()["error"]["code"] == "rate_limited"
         assert int(refused.headers["retry-after"]) >= 1
+        assert refused.headers["access-control-expose-headers"] == "Retry-After"
         assert refused.headers["access-control-allow-origin"] == "*"
         assert other.status_code == 200  # a different client is served
         # a refused request held nothing: only the served visitors hold numbers
