@@ -12,6 +12,7 @@ instead (`ClusterRedis`), which routes each script by its keys' hash slot.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 from collections import deque
@@ -62,7 +63,7 @@ def parse_redis_url(url: str) -> dict[str, Any]:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, stall_s: float = 0.0) -> None:
         self.reader = hiredis.Reader(replyError=RedisError)
         self.pending: deque[asyncio.Future] = deque()
         self.transport: asyncio.Transport | None = None
@@ -71,8 +72,18 @@ class _Protocol(asyncio.Protocol):
         # Cached: on Python 3.11 every get_running_loop() costs a getpid() system call.
         self.loop = asyncio.get_running_loop()
         self.closed = self.loop.create_future()
+        # A Redis that holds the connection but answers nothing (stopped, hung) would keep
+        # every request waiting: after `stall_s` without a reply to a command waiting, the
+        # connection is dropped, which fails (or retries) what was in flight.
+        self.stall_s = stall_s
+        self.last_reply = 0.0
+        self.watchdog: asyncio.TimerHandle | None = None
 
     def send(self, command: bytes, fut: asyncio.Future) -> None:
+        if not self.pending:
+            self.last_reply = self.loop.time()  # the wait starts now
+            if self.watchdog is None and self.stall_s > 0:
+                self.watchdog = self.loop.call_later(self.stall_s, self.check_stall)
         self.pending.append(fut)
         self.buf.append(command)
         if not self.flush_scheduled:
@@ -88,7 +99,18 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    def check_stall(self) -> None:
+        self.watchdog = None
+        if not self.pending or self.closed.done():
+            return
+        waited = self.loop.time() - self.last_reply
+        if waited >= self.stall_s and self.transport is not None:
+            self.transport.abort()  # connection_lost fails the pending commands
+            return
+        self.watchdog = self.loop.call_later(self.stall_s - waited, self.check_stall)
+
     def data_received(self, data: bytes) -> None:
+        self.last_reply = self.loop.time()
         self.reader.feed(data)
         pending = self.pending
         try:
@@ -109,6 +131,9 @@ class _Protocol(asyncio.Protocol):
             self.connection_lost(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         err = ConnectionLost(f"connection to Redis lost: {exc or 'closed'}")
         self.buf.clear()
         while self.pending:
@@ -132,11 +157,12 @@ class PipelinedRedis:
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         o = self.opts
+        make = functools.partial(_Protocol, max(self.retry_s, 1.0))
         if "path" in o:
-            _, proto = await loop.create_unix_connection(_Protocol, o["path"])
+            _, proto = await loop.create_unix_connection(make, o["path"])
         else:
             ctx = ssl.create_default_context() if o["ssl"] else None
-            _, proto = await loop.create_connection(_Protocol, o["host"], o["port"], ssl=ctx)
+            _, proto = await loop.create_connection(make, o["host"], o["port"], ssl=ctx)
             sock = proto.transport.get_extra_info("socket") if proto.transport else None
             if sock is not None:
                 import socket
@@ -150,8 +176,7 @@ class PipelinedRedis:
             hello.append(("SELECT", str(o["db"])))
         for cmd in hello:
             fut = loop.create_future()
-            proto.pending.append(fut)
-            proto.transport.write(hiredis.pack_command(cmd))
+            proto.send(hiredis.pack_command(cmd), fut)  # under the stall watchdog too
             await fut
         return proto
 

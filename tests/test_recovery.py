@@ -117,10 +117,10 @@ def test_readyz_is_503_when_redis_is_down():
         stop(proc)
 
 
-def test_readyz_is_503_when_redis_stops_answering():
+def test_a_redis_that_stops_answering_is_503_not_a_hang():
     """A Redis that keeps its connections but answers nothing (SIGSTOP: a hung or
-    swapping server) is not ready: /readyz says so within the retry budget, and is ready
-    again once Redis answers."""
+    swapping server): /readyz says 503 within the retry budget, an edge request gets 503
+    `redis_unavailable` instead of waiting forever, and all is well once Redis answers."""
     tmp = tempfile.mkdtemp(prefix="dni-test-stopped-")
     port = free_port()
     server = start_redis(tmp, port)
@@ -138,7 +138,18 @@ def test_readyz_is_503_when_redis_stops_answering():
                 server.send_signal(signal.SIGCONT)
             assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
             assert took < 5, took
+            server.send_signal(signal.SIGSTOP)
+            try:
+                t = time.monotonic()
+                res = http.post("/v1/dni/session", json={"pool_id": "p", "visitor_id": "v"})
+                took = time.monotonic() - t
+            finally:
+                server.send_signal(signal.SIGCONT)
+            assert res.status_code == 503, res.text
+            assert res.json()["error"]["code"] == "redis_unavailable" and took < 8, took
             assert http.get("/readyz").status_code == 200
+            res = http.post("/v1/dni/session", json={"pool_id": "p", "visitor_id": "v"})
+            assert res.status_code == 404  # answered again (no such pool)
     finally:
         broker.stop()
         stop(server)
