@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
               *snippet.routes, *openapi.routes]
     if settings.bench_routes:
         routes.append(Route("/bench/constant", bench_constant))
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -155,3 +155,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: _internal,
         },
     )
+    # A path with a trailing slash is 404 in the error shape, not a 307 redirect (which a
+    # browser's cross-origin POST would not follow with its body).
+    app.router.redirect_slashes = False
+    return app

@@ -20,6 +20,9 @@ def test_a_wrong_method_is_405_with_allow(http):
     res = http.get("/v1/dni/session")
     assert res.status_code == 405 and error_of(res) == "method_not_allowed"
     assert "POST" in res.headers["allow"]
+    res = http.post("/v1/dni/session/", json={"pool_id": "p", "visitor_id": "v"})
+    assert res.status_code == 404 and error_of(res) == "not_found"  # no redirect
+    assert res.headers["access-control-allow-origin"] == "*"
 
 
 def test_healthz_and_readyz(http):
