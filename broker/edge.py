@@ -21,6 +21,14 @@ BOT_MARKERS = (b"bot", b"crawl", b"spider", b"slurp", b"lighthouse", b"facebooke
 EXCLUDED = SessionResponse("excluded", None, None, None, 0)
 
 
+def beat_s(heartbeat_s: int, session_length_ms: int) -> int:
+    """The heartbeat interval told to the snippet: DNI_HEARTBEAT_S, but at most half the
+    pool's session length (at least 1 s), so a beating page never loses its session."""
+    if session_length_ms and session_length_ms < 2000 * heartbeat_s:
+        return max(1, session_length_ms // 2000)
+    return heartbeat_s
+
+
 def is_bot(user_agent: bytes) -> bool:
     ua = user_agent.lower()
     return any(marker in ua for marker in BOT_MARKERS)
@@ -58,7 +66,8 @@ async def session(scope: Scope, receive: Receive) -> bytes:
     res = await state.engine.session(req.pool_id, req.visitor_id, source_of(scope, body, ip))
     state.counts.add(req.pool_id, res.status)  # in memory; flushed to Redis by stats.py
     return encoder.encode(SessionResponse(res.status, res.number, res.session_id,
-                                          res.expires_at, state.settings.heartbeat_s))
+                                          res.expires_at, beat_s(state.settings.heartbeat_s,
+                                                                 res.session_length_ms)))
 
 
 async def heartbeat(scope: Scope, receive: Receive) -> bytes:

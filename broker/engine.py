@@ -82,6 +82,7 @@ class SessionResult:
     number: str | None
     session_id: str | None
     expires_at: int | None
+    session_length_ms: int = 0  # the pool's
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +123,13 @@ class Engine:
         """Reuse or assign a number. `source` is b"ip\nuser_agent\nattribution JSON"."""
         sid, pick = _entropy.take()
         args = [sid, pick, visitor_id, pool_id, source]
-        status, number, sid, expires_at = await self.redis.evalsha(
+        out = await self.redis.evalsha(
             self._session, self.keys.session_keys(pool_id, visitor_id), args)
-        status = _s(status)
+        status = _s(out[0])
         if status == "no_pool":
             raise PoolNotFound(pool_id)
-        return SessionResult(status, _s(number) or None, _s(sid) or None, expires_at or None)
+        return SessionResult(status, _s(out[1]) or None, _s(out[2]) or None, out[3] or None,
+                             out[4])
 
     async def heartbeat(self, pool_id: str, visitor_id: str, session_id: str) -> HeartbeatResult:
         keys = self.keys.heartbeat_keys(pool_id, visitor_id)

@@ -39,8 +39,9 @@ ARGV[4] pool id
 ARGV[5] source: "ip\nuser_agent\nattribution JSON" (the page's utm_*, gclid, ...),
         stored as given and written only when a session starts (first touch)
 
-Returns {status, number|false, session_id|false, expires_at_ms|false}, status one of
-  "new", "reused", "fallback", "unavailable", "no_pool".
+Returns {status, number|false, session_id|false, expires_at_ms|false, session_length_ms},
+  status one of "new", "reused", "fallback", "unavailable", "no_pool" (which has no
+  session length). The length lets the broker tell the snippet to beat often enough.
 Outbox entries, for each "new": event=session.started (with the source); and, when the
 number's previous lease has not been reported ended yet, event=session.ended for it
 (ended_at = when that lease ran out). The sidecar moves them to the consumers' stream.
@@ -72,7 +73,7 @@ if cur[1] then
   redis.call('PEXPIREAT', visitor_key, expires_at - 1)
   redis.call('HSET', holders_key, cur[2], cur[1] .. '|' .. visitor_id .. '|' ..
     (cur[3] or now) .. '|' .. expires_at .. '|' .. (cur[4] or 0))
-  return {'reused', cur[2], cur[1], expires_at}
+  return {'reused', cur[2], cur[1], expires_at, ttl_ms}
 end
 
 -- Assign: candidates hold ranks 0..k-1 of the set ordered by free-from time.
@@ -102,9 +103,9 @@ end
 if not number then
   local fallback = cfg[2]
   if fallback and fallback ~= '' then
-    return {'fallback', fallback, false, false}
+    return {'fallback', fallback, false, false, ttl_ms}
   end
-  return {'unavailable', false, false, false}
+  return {'unavailable', false, false, false, ttl_ms}
 end
 
 if prev and string.sub(prev, -2) ~= '|e' then
@@ -124,4 +125,4 @@ redis.call('PEXPIREAT', visitor_key, expires_at - 1)
 redis.call('XADD', outbox_key, '*', 'event', 'session.started', 'pool_id', pool_id,
   'session_id', new_sid, 'visitor_id', visitor_id, 'number', number, 'started_at', now,
   'expires_at', expires_at, 'source', source)
-return {'new', number, new_sid, expires_at}
+return {'new', number, new_sid, expires_at, ttl_ms}

@@ -41,7 +41,7 @@ class Scripts:
         source = f"{ip}\n{ua}\n{attribution}"
         out = self.run("session", self.keys.session_keys(pool_id, visitor_id),
                        [sid, pick, visitor_id, pool_id, source])
-        return tuple(_s(v) for v in out)
+        return tuple(_s(v) for v in out[:4])  # status, number, session id, expires_at
 
     def heartbeat(self, pool_id: str, visitor_id: str, sid: str) -> tuple:
         out = self.run("heartbeat", self.keys.heartbeat_keys(pool_id, visitor_id),

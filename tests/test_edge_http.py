@@ -16,6 +16,15 @@ def error_of(res: httpx.Response) -> str:
     return body["error"]["code"]
 
 
+def test_heartbeat_interval_is_at_most_half_the_session_length(http, make_pool):
+    """A page that beats as told never loses its session, even when the pool's sessions
+    are shorter than DNI_HEARTBEAT_S (60 s)."""
+    for ttl_s, beat in ((3, 1), (90, 45), (1800, 60), (1, 1)):
+        pool = make_pool(1, session_ttl_s=ttl_s)
+        res = http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": "v"})
+        assert res.json()["heartbeat_s"] == beat, (ttl_s, res.json())
+
+
 def test_a_wrong_method_is_405_with_allow(http):
     res = http.get("/v1/dni/session")
     assert res.status_code == 405 and error_of(res) == "method_not_allowed"

@@ -46,7 +46,8 @@
   let allowed = !mode; // may the snippet read and write storage?
   let visitor; // visitor id
   let source; // attribution fields of this visit
-  const pools = []; // {id, cc, len, seen: [E.164...], to, re, found, asked, hidden, timer, sid}
+  const pools = []; // {id, cc, len, seen: [E.164...], to, re, ours, found, asked, fails,
+  //                   hidden, timer, sid}
   let config; // the promise of the broker's config answer
   let pendingRun;
 
@@ -71,16 +72,19 @@
   };
 
   // ---- visitor and attribution -------------------------------------------------------
+  // At most n characters, never half of one (a lone surrogate is not valid JSON text).
+  const cut = (v, n) => v.length > n ? Array.from(v).slice(0, n).join("") : v;
+
   const ident = () => {
     let stored = {};
     const now = Date.now();
     const params = new URLSearchParams(location.search);
-    const fresh = {landing_page: location.href.slice(0, 4096)};
+    const fresh = {landing_page: cut(location.href, 4096)};
     let tagged;
-    if (d.referrer) fresh.referrer = d.referrer.slice(0, 4096);
+    if (d.referrer) fresh.referrer = cut(d.referrer, 4096);
     TAGS.forEach((k) => {
       const v = params.get(k);
-      if (v) fresh[k] = v.slice(0, 512), tagged = 1;
+      if (v) fresh[k] = cut(v, 512), tagged = 1;
     });
     if (allowed) {
       try { // storage and cookies may be off, or throw (sandboxed frames)
@@ -143,32 +147,42 @@
     p.hidden = [];
   };
 
-  // `value` with every number of every pool rewritten (el: the element it belongs to).
-  const rewrite = (value, el) => {
+  // Text nodes and links this snippet wrote a number into: only there are the numbers it
+  // showed before (a backup number, an earlier tracking number) its to replace; the same
+  // number written elsewhere by the site (say, the backup number as the main office's)
+  // stays.
+  const mine = new WeakSet();
+
+  // `value` with every number of every pool rewritten (el: the element it belongs to;
+  // ours: whether the snippet wrote into it before).
+  const rewrite = (value, el, ours) => {
     pools.forEach((p) => {
-      if (p.re) {
-        value = value.replace(p.re, (m, before, num) => {
+      [p.re, ours && p.ours].forEach((re) => {
+        if (re) value = value.replace(re, (m, before, num) => {
           if (!el || el.closest(SKIP)) return m;
           if (p.to) return before + render(p, num);
           p.found = 1; // the target is on the page: a session is worth asking for
           hide(p, el);
           return m;
         });
-      }
+      });
     });
     return value;
   };
 
   const text = (node) => {
     const v = node.nodeValue;
-    const r = rewrite(v, node.parentElement);
-    if (r != v) node.nodeValue = r;
+    const r = rewrite(v, node.parentElement, mine.has(node));
+    if (r != v) node.nodeValue = r, mine.add(node);
   };
 
   const link = (a) => {
-    const v = a.getAttribute("href");
-    const r = rewrite(v, a);
-    if (r != v) a.setAttribute("href", r);
+    let v = a.getAttribute("href");
+    try { // tel:+1%20555%20010%200000 is the same number (site builders encode spaces)
+      v = decodeURIComponent(v);
+    } catch (e) {}
+    const r = rewrite(v, a, mine.has(a));
+    if (r != v) a.setAttribute("href", r), mine.add(a);
   };
 
   // Scan one subtree (a text node, an element, or the whole document).
@@ -184,12 +198,18 @@
   };
 
   // ---- sessions ----------------------------------------------------------------------
-  // Show `number` (E.164) wherever the pool's target or an earlier number of ours is.
+  // A pattern matching any of `numbers` (E.164) as a whole number; 0 when none.
+  const any = (p, numbers) => numbers.length &&
+    new RegExp("(^|\\D)(" + numbers.map((n) => pattern(p, n)).join("|") + ")(?!\\d)", "g");
+
+  // Show `number` (E.164) wherever the pool's target is, and where the snippet showed an
+  // earlier number of this pool.
   const show = (p, number) => {
     if (p.seen.indexOf(number) < 0) p.seen.push(number);
     p.to = number;
-    const others = p.seen.filter((n) => n != number).map((n) => pattern(p, n));
-    p.re = others.length && new RegExp("(^|\\D)(" + others.join("|") + ")(?!\\d)", "g");
+    const other = (n) => n != number;
+    p.re = any(p, p.seen.slice(0, 1).filter(other));
+    p.ours = any(p, p.seen.slice(1).filter(other));
     unhide(p);
     scan(d);
   };
@@ -202,6 +222,7 @@
       .then((res) => {
         if (n != p.asked) return;
         clearInterval(p.timer);
+        p.fails = 0;
         p.sid = res.session_id;
         const every = (beatS || res.heartbeat_s || 60) * 1e3;
         // A session: keep it alive. The pool was full (fallback, unavailable): ask again
@@ -211,7 +232,16 @@
         // new, reused, fallback: the number given; unavailable, excluded: the page's own.
         show(p, /^(new|reused|fallback)$/.test(res.status) && res.number || p.seen[0]);
       })
-      .catch(() => n == p.asked && show(p, p.seen[0]))
+      .catch(() => {
+        if (n != p.asked) return;
+        // The broker failed or was slow: keep the page's number, and ask again later
+        // (after 5 s, then twice as long each time, at most every heartbeat_s).
+        clearInterval(p.timer);
+        p.fails = (p.fails || 0) + 1;
+        p.timer = setTimeout(safe(() => session(p)),
+          Math.min(5e3 << Math.min(p.fails - 1, 8), (beatS || 60) * 1e3));
+        show(p, p.seen[0]);
+      })
       .catch(noop);
   };
 
@@ -287,6 +317,8 @@
       localStorage.removeItem(KEY);
     }),
     swap: () => config && run(),
+    // the queue's own method, for calls made after the snippet loaded
+    push: (name) => api[name] && api[name](),
   };
 
   // Anti-flicker cap: whatever is still hidden then is shown as it is.

@@ -481,3 +481,74 @@ def test_storage_blocked_still_swaps(broker: BrokerProcess, pool: dict, fresh_si
     """)
     page.goto(fresh_site.page("/blocked", '<p id="n">555-010-0000</p>', tag(js(broker), pool["id"])))
     expect(page.locator("#n")).to_have_text("555-010-0007")
+
+
+def test_the_backup_number_the_site_shows_elsewhere_stays(broker: BrokerProcess,
+                                                          make_pool: Callable[..., dict],
+                                                          fresh_site: Site, visitor: Browser,
+                                                          admin: httpx.Client) -> None:
+    """The pool was full: the snippet showed the backup number where the site's number
+    was. When a tracking number frees up it replaces what the snippet wrote, and only
+    that: the same backup number printed by the site (the main office's) stays."""
+    pool = make_pool(0, target_number=TARGET, fallback_number="+15550100009")
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/backup-elsewhere", '<p id="n">Sales 555-010-0000</p>'
+                              '<p id="o">Office 555-010-0009</p>',
+                              tag(js(broker), pool["id"], heartbeat="1")))
+    expect(page.locator("#n")).to_have_text("Sales 555-010-0009")
+    admin.post(f"/v1/pools/{pool['id']}/numbers", json={"numbers": [NUMBER]})
+    expect(page.locator("#n")).to_have_text("Sales 555-010-0007", timeout=8000)
+    expect(page.locator("#o")).to_have_text("Office 555-010-0009")
+
+
+def test_short_sessions_keep_their_number_while_the_page_beats(
+        broker: BrokerProcess, make_pool: Callable[..., dict], fresh_site: Site,
+        visitor: Browser, r: redis.Redis) -> None:
+    """A pool whose sessions (2 s) are shorter than the broker's heartbeat interval: the
+    broker tells the snippet to beat at half the session length, so the number holds."""
+    pool = make_pool(target_number=TARGET, numbers=["+15550100007", "+15550100008"],
+                     session_ttl_s=2)
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/short", '<p id="n">555-010-0000</p>',
+                              tag(js(broker), pool["id"])))
+    expect(page.locator("#n")).not_to_have_text("555-010-0000")
+    shown = page.locator("#n").inner_text()
+    page.wait_for_timeout(4500)  # more than two session lengths
+    expect(page.locator("#n")).to_have_text(shown)
+    assert sessions_started(r, pool["id"]) == 1
+    assert heartbeats(r, pool["id"], visitor_id(visitor)) >= 3
+
+
+def test_encoded_links_long_emoji_tags_and_the_queue_after_load(
+        broker: BrokerProcess, pool: dict, fresh_site: Site, visitor: Browser) -> None:
+    """A tel: link with %20 for spaces is swapped like its text; an emoji tag cut at the
+    length limit still makes a valid request; dni.push() works once the snippet runs."""
+    url = fresh_site.page("/encoded", '<a id="a" href="tel:+1%20555%20010%200000">'
+                          '+1 555 010 0000</a>', tag(js(broker), pool["id"]))
+    page = visitor.new_page()
+    page.goto(url + "?utm_source=fb&utm_content=" + "%F0%9F%98%80" * 600)
+    expect(page.locator("#a")).to_have_text("+1 555 010 0007")
+    expect(page.locator("#a")).to_have_attribute("href", "tel:+1 555 010 0007")
+    (body,) = visitor.posts("/v1/dni/session", 1)
+    assert body["utm_content"] == "\U0001F600" * 512
+    page.evaluate("(window.dni = window.dni || []).push('swap')")  # no error: queue API
+
+
+def test_a_failed_session_request_is_asked_again(broker: BrokerProcess, pool: dict,
+                                                 fresh_site: Site, visitor: Browser) -> None:
+    """One failed request (network error) does not leave the visit untracked."""
+    failed: list[str] = []
+
+    def once(route: object) -> None:
+        if not failed:
+            failed.append(route.request.url)  # type: ignore[attr-defined]
+            route.abort()  # type: ignore[attr-defined]
+        else:
+            route.continue_()  # type: ignore[attr-defined]
+
+    page = visitor.new_page()
+    page.route("**/v1/dni/session", once)
+    page.goto(fresh_site.page("/retry", '<p id="n">555-010-0000</p>',
+                              tag(js(broker), pool["id"])))
+    expect(page.locator("#n")).to_have_text("555-010-0007", timeout=9000)
+    assert len(failed) == 1
