@@ -44,6 +44,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ramp", action="store_true")
     g.add_argument("--p99-ms", type=float, default=5.0)
     g.add_argument("--rounds", type=int, default=1)
+    g.add_argument("--warmup", type=float, default=None,
+                   help="open-loop runs: seconds of load before measuring (default: one mean "
+                   "visit, visit_s / speed), so that visits in progress have their sessions")
     m = p.add_argument_group("visitor model")
     m.add_argument("--new-share", type=float, default=0.3, help="share of visits by new visitors")
     m.add_argument("--pages", type=float, default=3.0, help="mean page views per visit")
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         redis_targets.main(argv)
         return 0
     args = parser().parse_args(argv)
+    if args.warmup is None:
+        args.warmup = args.visit_s / args.speed
     if args.scenario == "naive" and args.pool_size == 100_000:
         args.pool_size = 1000  # small and contended, unless told otherwise
         if args.session_s == 1800.0:
@@ -111,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     out["runs"] = [{"name": n, **r} for n, r in runs]
     out["wall_s"] = round(time.time() - started, 1)
     print(loadgen.table(runs))
+    for name, r in runs:
+        for line in loadgen.warnings(r):
+            print(f"warning ({name}): {line}")
     for key in ("naive", "wrk_check", "pressure"):
         if key in out:
             extra = dict(out[key])

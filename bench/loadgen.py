@@ -55,6 +55,10 @@ class Spec:
     record_leases: bool = False
     grace: float = 5.0
     tag: str = ""  # visitor id prefix (unique per run)
+    # Seconds of load before measuring (open loop): the run starts with visits already in
+    # progress whose sessions do not exist yet, so its first seconds start more sessions
+    # than the model's steady state. Everything is counted from the end of the warm-up.
+    warmup: float = 0.0
 
 
 # --- targets: each slot sends one request at a time and calls back with (label, sid) ----
@@ -255,6 +259,7 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
     slots, close = await _make_slots(spec, max(1, share), done)
     free.extend(slots)
     t0 = clock()
+    t_measured = 0.0
     last_report = 0.0
     if spec.closed:
         for slot in list(free):
@@ -262,9 +267,18 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
             nxt = take()
             if nxt:
                 start(slot, nxt)
+    warm = spec.warmup if not spec.closed else 0.0
     while True:
         elapsed = clock() - t0
-        if elapsed >= spec.duration:
+        if warm and elapsed >= warm:  # the measured run starts now
+            warm = 0.0
+            for h in (hist, lag, service, interval):
+                h.reset()
+            statuses.clear()
+            state["done"] = 0
+            state["skipped"] = 0
+            t_measured = elapsed
+        if elapsed >= spec.duration + spec.warmup * (not spec.closed):
             break
         if not spec.closed:
             for item in model.due(elapsed):
@@ -285,12 +299,21 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
         await asyncio.sleep(min(max(wait, 0.001), 0.05))  # ticks of >= 1 ms: batches
     state["stopping"] = True
     unfinished_backlog = len(backlog)
+    # Requests the run scheduled but never sent still count in the latency, at what they
+    # had waited when it ended (a lower bound): leaving them out would hide the queueing.
+    end = clock() - t0
+    for item in backlog:
+        hist.record_value(max(1, min(MAX_US, int((end - item[0]) * 1e6))))
     backlog.clear()
     deadline = clock() + spec.grace
     while len(free) < len(slots) and clock() < deadline:
         await asyncio.sleep(0.01)
     in_flight = len(slots) - len(free)
-    elapsed = clock() - t0
+    end = clock() - t0
+    for slot in slots:  # sent but not answered within the grace period: the same
+        if slot not in free and slot.item is not None:
+            hist.record_value(max(1, min(MAX_US, int((end - slot.item[0]) * 1e6))))
+    elapsed = end - t_measured
     for s in slots:
         if isinstance(s, _HttpSlot) and s.transport is not None:
             s.transport.close()
@@ -409,9 +432,11 @@ def merge(spec: Spec, parts: list[dict]) -> dict:
         # from the moment the request was written: what the latency would be with no
         # generator lag (the same as latency_ms in closed-loop runs)
         "service_ms": percentiles(service),
+        "new_session_share": None,  # filled below
         "generator_cpu_s": round(sum(p["cpu_s"] for p in parts), 2),
         "elapsed_s": round(elapsed, 2),
     }
+    out["new_session_share"] = new_session_share(out)
     if spec.record_leases:
         out["leases"] = leases
     return out
@@ -428,20 +453,47 @@ def percentiles(h: HdrHistogram) -> dict:
             "mean": round(h.get_mean_value() / 1000, 3)}
 
 
+def new_session_share(r: dict) -> float | None:
+    """The share of answered session requests that started a session (new), measured."""
+    st = r.get("statuses", {})
+    sessions = sum(st.get(k, 0) for k in ("new", "reused", "fallback", "unavailable"))
+    return round(st.get("new", 0) / sessions, 4) if sessions else None
+
+
+def warnings(r: dict) -> list[str]:
+    """What makes a run's figures doubtful: a late generator, requests left unanswered."""
+    out = []
+    lag = (r.get("send_lag_ms") or {}).get("p99")
+    p99 = (r.get("latency_ms") or {}).get("p99")
+    if r.get("offered_rate") and lag is not None and p99 and lag > max(1.0, 0.25 * p99):
+        out.append(f"the generator sent late (send lag p99 {lag:.2f} ms of latency p99 "
+                   f"{p99:.2f} ms): the latency is partly the generator's; try --procs 2 "
+                   "or a lower rate")
+    done = r.get("requests", 0)
+    if r.get("unfinished", 0) > 0.01 * max(done, 1):
+        out.append(f"{r['unfinished']} requests were not answered by the end (of {done} "
+                   "done): the target did not keep up with the offered rate")
+    return out
+
+
 def table(rows: list[tuple[str, dict]]) -> str:
     """The final table: one row per run."""
     head = ("run", "req/s", "requests", "errors", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
-            "statuses")
+            "lag p99", "new", "statuses")
     lines = [head]
     for name, r in rows:
         lat = r.get("latency_ms") or {}
+        lag = (r.get("send_lag_ms") or {}).get("p99")
+        share = new_session_share(r)
         st = " ".join(f"{k}={v}" for k, v in r.get("statuses", {}).items())
         lines.append((name, f"{r['throughput']:.0f}", str(r["requests"]),
                       str(r["errors"] + r.get("unfinished", 0)),
                       *(f"{lat[k]:.2f}" if k in lat else "-"
-                        for k in ("p50", "p90", "p99", "p99.9")), st))
+                        for k in ("p50", "p90", "p99", "p99.9")),
+                      f"{lag:.2f}" if lag is not None and r.get("offered_rate") else "-",
+                      f"{share:.0%}" if share is not None else "-", st))
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w)
+    return "\n".join("  ".join(c.ljust(w) if i in (0, 10) else c.rjust(w)
                                for i, (c, w) in enumerate(zip(row, widths))).rstrip()
                      for row in lines)
 

@@ -273,9 +273,21 @@ def scale(args: argparse.Namespace, redis: LocalRedis, out: dict) -> None:
         preload(c, sha, pool_id, [rb_visitor(i) for i in range(n_live)])
         print(f"  ({n_live} live sessions loaded in {time.monotonic() - t:.0f} s, "
               f"used_memory {c.info('memory')['used_memory_human']})", flush=True)
+        pool_key = f"dni:{{{pool_id}}}:pool"
+        ttl_ms = c.hget(pool_key, "ttl_ms")
         for _ in range(args.rounds):
             reuse = _cost(redis, args, sha, pool_id, "__rand_int__", n_live)
-            assign = _cost(redis, args, sha, pool_id, "n__rand_int__", 10**9)
+            # The assign pass must not add live sessions, or the "1,000 live" rounds would
+            # run at 1,000 + requests: its sessions last 1 ms (set for the pass only; the
+            # preloaded leases keep their length, so n_live stay live).
+            c.hset(pool_key, "ttl_ms", 1)
+            try:
+                assign = _cost(redis, args, sha, pool_id, "n__rand_int__", 10**9)
+            finally:
+                c.hset(pool_key, "ttl_ms", ttl_ms)
+            live_now = c.zcount(f"dni:{{{pool_id}}}:numbers", f"({int(time.time() * 1000)}",
+                                "+inf")
+            assert abs(live_now - n_live) <= n_live // 100 + 5, (live_now, n_live)
             res.setdefault("live_sessions", {}).setdefault(n_live, []).append(
                 {"reuse": reuse, "assign": assign})
     c.flushall(asynchronous=True)

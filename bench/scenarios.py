@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import threading
 import time
@@ -23,7 +24,7 @@ def _model(args: argparse.Namespace) -> dict:
 def _spec(args: argparse.Namespace, target: str, **kw: Any) -> loadgen.Spec:
     base = dict(target=target, rate=args.rate or 0.0, duration=args.duration,
                 procs=args.procs, connections=args.connections, model=_model(args),
-                tag=uuid.uuid4().hex[:6])
+                tag=uuid.uuid4().hex[:6], warmup=getattr(args, "warmup", 0.0) or 0.0)
     base.update(kw)
     return loadgen.Spec(**base)
 
@@ -56,12 +57,17 @@ def _max_then_fraction(args: argparse.Namespace, make: Any, label: str) -> list[
     runs.append((f"{label} max (closed loop)", peak))
     if args.ramp:
         rate = peak["throughput"] * 0.25
+        passed = None
         while rate <= peak["throughput"] * 1.2:
             r = loadgen.run(make(rate=rate), not args.quiet, f"{rate:.0f}/s ")
             runs.append((f"{label} open {rate:.0f}/s", r))
-            if r["latency_ms"].get("p99", 1e9) > args.p99_ms or r["errors"]:
+            if (r["latency_ms"].get("p99", 1e9) > args.p99_ms or r["errors"]
+                    or r["unfinished"] > 0.01 * max(r["requests"], 1)):
                 break
+            passed = rate
             rate *= 1.25
+        print(f"highest rate with p99 <= {args.p99_ms} ms, no errors and nothing left "
+              f"unanswered: " + (f"{passed:.0f}/s" if passed else "none of the rates tried"))
         return runs
     rate = peak["throughput"] * args.load_fraction
     runs.append((f"{label} open {rate:.0f}/s ({args.load_fraction:g} x max)",
@@ -116,20 +122,31 @@ def engine(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[st
 def pressure(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[str, dict]]:
     """Arrivals against a pool of a given size and session length: fallback rate and
     utilization over time (sampled each second from Redis)."""
+    from broker.keys import Keys
+    from broker.scripts import load_scripts
+
     redis = ctx.enter_context(LocalRedis(args.redis_url))
     out["redis_url"] = redis.url
     ttl_ms = int(args.session_s / args.speed * 1000)
     pool_id = make_pool(redis.client, args.pool_size, ttl_ms)
-    numbers_key = f"dni:{{{pool_id}}}:numbers"
+    keys = Keys()
+    end = load_scripts()["end_sessions"]
+    redis.client.script_load(end.body)
+    end_keys = [keys.pool(pool_id), keys.numbers(pool_id), keys.inactive(pool_id),
+                keys.holders(pool_id), keys.outbox(pool_id)]
     samples: list[dict] = []
     stop = threading.Event()
     t0 = time.monotonic()
 
     def sample() -> None:
         while not stop.wait(1.0):
+            # what the admin API's stats count: first bring the scores of refreshed
+            # sessions up to date (the sidecar's walk; this scenario runs no sidecar)
+            while redis.client.evalsha(end.sha, len(end_keys), *end_keys, pool_id, 500)[1]:
+                pass
             sec, usec = redis.client.time()
             now = sec * 1000 + usec // 1000
-            held = redis.client.zcount(numbers_key, f"({now}", "+inf")
+            held = redis.client.zcount(keys.numbers(pool_id), f"({now}", "+inf")
             samples.append({"t_s": round(time.monotonic() - t0, 1), "live_sessions": held,
                             "utilization": round(held / args.pool_size, 3)})
 
@@ -147,15 +164,44 @@ def pressure(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[
     # the visit plus one session length after its last refresh), in compressed time.
     hold_s = (args.visit_s + args.session_s) / args.speed
     visits = m.visit_rate * args.new_share  # a returning visit mostly reuses its session
+    sizing = asyncio.run(_admin_sizing(redis.url, pool_id, st, args.heartbeat_s / args.speed))
     out["pressure"] = {
         "pool_size": args.pool_size, "session_s": args.session_s, "rate": rate,
         "fallback_rate": round(st.get("fallback", 0) / sessions, 4) if sessions else None,
         "utilization_over_time": samples,
         "peak_utilization": max((s["utilization"] for s in samples), default=None),
         "estimated_live_sessions_littles_law": round(visits * hold_s),
-        "recommended_size_admin_api": None,  # the admin API does not recommend a size yet
+        # what GET /v1/pools/{id}/stats answers for this pool after the run, its answer
+        # counts being the run's (this scenario calls the scripts, not the edge)
+        "recommended_size_admin_api": sizing["recommended_size"],
+        "admin_api_sizing": sizing,
     }
     return [("pressure", res)]
+
+
+async def _admin_sizing(redis_url: str, pool_id: str, statuses: dict, heartbeat_s: float
+                        ) -> dict:
+    """The admin API's sizing of the pool, fed the run's answers as the edge would."""
+    from broker.engine import Engine
+    from broker.keys import Keys
+    from broker.redisconn import PipelinedRedis
+    from broker.scripts import load_scripts
+    from broker.stats import BUCKET_TTL_S, FIELDS, HOUR_MS, PRESSURE_PCT, pool_stats
+
+    conn = PipelinedRedis(redis_url)
+    try:
+        scripts = load_scripts()
+        await conn.load_scripts(list(scripts.values()))
+        engine = Engine(conn, Keys(), scripts)
+        counts = {f: statuses[f] for f in FIELDS if statuses.get(f)}
+        if counts:
+            await engine.record_counts(pool_id, int(time.time() // 60), counts, BUCKET_TTL_S,
+                                       PRESSURE_PCT, HOUR_MS)
+        # the admin API's figures are per second of real time, over the pool's age; the
+        # heartbeat interval (for the visit length) is the compressed one
+        return (await pool_stats(engine, pool_id, max(1, round(heartbeat_s))))["sizing"]
+    finally:
+        await conn.close()
 
 
 def naive(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[str, dict]]:
