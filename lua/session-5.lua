@@ -70,7 +70,11 @@ local expires_at = now + ttl_ms
 -- still its own. Refresh the record's expiry and the number's holders entry: O(1).
 local cur = redis.call('HMGET', visitor_key, 's', 'n', 't', 'h')
 if cur[1] then
-  redis.call('PEXPIREAT', visitor_key, expires_at - 1)
+  -- GT: a refresh never ends a lease earlier than it already ends (the pool's session
+  -- length may have been shortened since), so the number's score stays a lower bound
+  if redis.call('PEXPIREAT', visitor_key, expires_at - 1, 'GT') == 0 then
+    expires_at = redis.call('PEXPIRETIME', visitor_key) + 1
+  end
   redis.call('HSET', holders_key, cur[2], cur[1] .. '|' .. visitor_id .. '|' ..
     (cur[3] or now) .. '|' .. expires_at .. '|' .. (cur[4] or 0))
   return {'reused', cur[2], cur[1], expires_at, ttl_ms}

@@ -327,6 +327,25 @@ def test_deactivating_or_reactivating_reports_an_ended_lease_the_sidecar_has_not
     assert len(_ended(r, s, "p1")) == 2
 
 
+def test_a_shorter_session_length_never_shortens_a_lease(s: Scripts, r):
+    """Refreshes after the pool's session length was cut keep the lease's later end, so
+    the number's score stays a lower bound: the number is free, and counted free, when
+    its session ends."""
+    s.make_pool("p1", numbers(1), ttl_ms=1500)
+    _, number, sid, exp = s.session("p1", "a", "sidA")
+    r.hset(s.keys.pool("p1"), "ttl_ms", 300)  # what update_pool writes
+    assert s.session("p1", "a", "x")[3] == exp  # reused: still ends at exp
+    assert s.heartbeat("p1", "a", sid)[2] == exp
+    time.sleep((exp - time.time() * 1000) / 1000 - 0.2)  # now + 300 ms passes exp
+    _, _, exp2 = s.heartbeat("p1", "a", sid)
+    assert exp2 > exp
+    assert int(r.hget(s.keys.holders("p1"), number).decode().split("|")[3]) == exp2
+    time.sleep((exp2 - time.time() * 1000) / 1000 + 0.05)
+    assert s.run("end_sessions", s.end_keys("p1"), ["p1", 100]) == [1, 0]
+    assert s.stats("p1")[:2] == (1, 0)
+    assert s.session("p1", "b", "sidB")[:2] == ("new", number)
+
+
 def test_reassignment_reports_the_previous_lease_if_the_sidecar_has_not(s: Scripts, r):
     s.make_pool("p1", numbers(1), ttl_ms=1000)
     _, number, sid_a, exp_a = s.session("p1", "a", "sidA")
