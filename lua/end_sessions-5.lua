@@ -13,9 +13,9 @@ walks the numbers whose score passed since its last call and, for each:
 With the sidecar running, scores are thus exact within one sidecar interval, and
 assignments seldom meet a refreshed lease.
 
-KEYS[1] pool     hash: ended_upto / ended_skip (epoch ms up to which the active set's
-                 scores were walked, and how many numbers scored exactly ended_upto were
-                 read), ended_upto_i / ended_skip_i (the same for the inactive set); policy
+KEYS[1] pool     hash: ended_upto / ended_last (the score and the number the walk of the
+                 active set stopped at), ended_upto_i / ended_last_i (the same for the
+                 inactive set); policy
 KEYS[2] numbers  sorted set: number -> free-from time (epoch ms)
 KEYS[3] inactive sorted set of deactivated numbers, scored the same way: a session on a
                  deactivated number goes on, and its end is reported like any other
@@ -40,14 +40,30 @@ if redis.call('EXISTS', pool_key) == 0 then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HMGET', pool_key, 'ended_upto', 'ended_skip', 'ended_upto_i',
-  'ended_skip_i', 'policy')
+local state = redis.call('HMGET', pool_key, 'ended_upto', 'ended_last', 'ended_upto_i',
+  'ended_last_i', 'policy')
 local lru = state[5] == 'lru'
 
--- Walk one set from its watermark; returns reported, more, and the new watermark.
-local function walk(set_key, upto, skip)
-  local ended = redis.call('ZRANGEBYSCORE', set_key, upto, now, 'WITHSCORES',
-    'LIMIT', skip, limit)
+-- Walk one set from where the last call stopped; returns reported, more, and where this
+-- call stopped. The walk resumes after the last number it read, found by its rank: a
+-- number that left meanwhile (reassigned, removed) cannot make it skip one, and when the
+-- last number left its score, the walk starts again at that score (reading a number
+-- twice does nothing the second time).
+local function walk(set_key, upto, last)
+  local start
+  local score = last and last ~= '' and redis.call('ZSCORE', set_key, last)
+  if score and tonumber(score) == upto then
+    start = redis.call('ZRANK', set_key, last) + 1
+  else
+    start = redis.call('ZCOUNT', set_key, '-inf', '(' .. upto)
+  end
+  local batch = redis.call('ZRANGE', set_key, start, start + limit - 1, 'WITHSCORES')
+  local ended = {}
+  for i = 1, #batch, 2 do
+    if tonumber(batch[i + 1]) > now then break end
+    ended[#ended + 1] = batch[i]
+    ended[#ended + 1] = batch[i + 1]
+  end
   local leases = {}
   if #ended > 0 then
     local fields = {}
@@ -55,7 +71,6 @@ local function walk(set_key, upto, skip)
     leases = redis.call('HMGET', holders_key, unpack(fields))
   end
   local reported = 0
-  local moved = {}
   for i = 1, #ended, 2 do
     local number, lease = ended[i], leases[(i + 1) / 2]
     if lease and string.sub(lease, -2) ~= '|e' then
@@ -63,7 +78,6 @@ local function walk(set_key, upto, skip)
         string.match(lease, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
       if tonumber(lease_end) > now then
         redis.call('ZADD', set_key, 'XX', lease_end, number)
-        moved[i] = true
       else
         redis.call('XADD', outbox_key, '*', 'event', 'session.ended', 'pool_id', pool_id,
           'session_id', sid, 'visitor_id', vid, 'number', number, 'started_at', started,
@@ -73,32 +87,20 @@ local function walk(set_key, upto, skip)
         if lru and tonumber(lease_end) > tonumber(ended[i + 1]) then
           -- free since its lease's end, not its score: keep the `lru` order true
           redis.call('ZADD', set_key, 'XX', lease_end, number)
-          moved[i] = true
         end
         reported = reported + 1
       end
     end
   end
-  -- Resume after what was read: at the last score read, skipping the numbers of that
-  -- score already read and still there (many leases can end in the same millisecond; a
-  -- moved one left). A batch that was not full read everything up to now.
-  if #ended == 2 * limit then
-    local last = tonumber(ended[#ended])
-    local same = 0
-    for i = #ended - 1, 1, -2 do
-      if tonumber(ended[i + 1]) ~= last then break end
-      if not moved[i] then same = same + 1 end
-    end
-    if last == upto then same = skip + same end
-    return reported, 1, last, same
+  if #ended == 2 * limit then  -- a full batch: there may be more up to now
+    return reported, 1, tonumber(ended[#ended]), ended[#ended - 1]
   end
-  return reported, 0, now, 0
+  return reported, 0, now, false
 end
 
-local reported, more, upto, skip = walk(numbers_key, tonumber(state[1] or 0),
-  tonumber(state[2] or 0))
-local reported_i, more_i, upto_i, skip_i = walk(inactive_key, tonumber(state[3] or 0),
-  tonumber(state[4] or 0))
-redis.call('HSET', pool_key, 'ended_upto', upto, 'ended_skip', skip,
-  'ended_upto_i', upto_i, 'ended_skip_i', skip_i)
+local reported, more, upto, last = walk(numbers_key, tonumber(state[1] or 0), state[2])
+local reported_i, more_i, upto_i, last_i = walk(inactive_key, tonumber(state[3] or 0),
+  state[4])
+redis.call('HSET', pool_key, 'ended_upto', upto, 'ended_upto_i', upto_i,
+  'ended_last', last or '', 'ended_last_i', last_i or '')
 return {reported + reported_i, math.max(more, more_i)}

@@ -374,6 +374,32 @@ def test_end_sessions_batches_do_not_skip_leases(s: Scripts, r):
     assert total == 7 and len({e["session_id"] for e in _ended(r, s, "p1")}) == 7
 
 
+def test_end_sessions_resumes_after_its_last_number_when_one_leaves(s: Scripts, r):
+    """Between two batches the last number read is reassigned (it leaves its score): the
+    walk must not skip the next number, whose lease ended unreported."""
+    s.make_pool("p1", numbers(3), ttl_ms=300)
+    for i in range(3):
+        s.session("p1", f"v{i}", f"s{i}", pick=0)
+    time.sleep(0.35)
+    keys = s.end_keys("p1")
+    assert s.run("end_sessions", keys, ["p1", 1]) == [1, 1]
+    (first,) = _ended(r, s, "p1")
+    # the number just read gets a new session before the sidecar's next batch
+    read = first["number"]
+    r.zadd(s.keys.numbers("p1"), {read: 0})  # make it the only candidate...
+    s.run("session", s.keys.session_keys("p1", "w"),
+          ["sW", 0, "w", "p1", "127.0.0.1\nua\n{}"])  # ...so the lowest-ranked is taken
+    assert r.hget(s.keys.holders("p1"), read).decode().startswith("sW|")
+    total = 1
+    while True:
+        reported, more = s.run("end_sessions", keys, ["p1", 1])
+        total += reported
+        if not more:
+            break
+    assert total == 3
+    assert {e["session_id"] for e in _ended(r, s, "p1")} == {"s0", "s1", "s2"}
+
+
 def test_all_keys_of_a_pool_share_one_cluster_slot():
     k = Keys("dni")
     for pool_id in ("p1", "abc-DEF_123", "x" * 64):
