@@ -27,6 +27,10 @@ class Keys:
     def visitor(self, pool_id: str, visitor_id: str) -> str:
         return self._p(pool_id) + ":v:" + visitor_id
 
+    def admin_lock(self, pool_id: str) -> str:
+        """Held while an admin change to the pool runs (one at a time per pool)."""
+        return self._p(pool_id) + ":lock"
+
     def outbox(self, pool_id: str) -> str:
         return self._p(pool_id) + ":outbox"
 

@@ -8,9 +8,11 @@ counted in the index of fixed numbers, so neither kind can become the other.
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import secrets
-from typing import Any
+import time
+from typing import Any, Awaitable, Callable, TypeVar
 
 import msgspec
 
@@ -56,6 +58,34 @@ def _in_use(exc: NumberInUse) -> ApiError:
 
 def _not_in_pool(exc: NumberNotInPool) -> ApiError:
     return ApiError(404, "number_not_found", str(exc))
+
+
+T = TypeVar("T")
+LOCK_MS = 120_000  # longer than any admin change takes; a crashed holder's lock expires
+LOCK_WAIT_S = 10.0
+
+
+def _one_at_a_time(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Run an admin change to a pool under that pool's lock. Changes read the pool, then
+    update the pool's keys and the global number index in separate steps (the index lives
+    in its own hash slot); two at once on one pool could interleave those steps (a number
+    removed and re-added losing its claim, two target changes both dropping the old one)."""
+
+    @functools.wraps(method)
+    async def locked(self: "Pools", pool_id: str, *args: Any, **kwargs: Any) -> T:
+        key, token = self.keys.admin_lock(pool_id), secrets.token_hex(8)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while not await self.redis.execute("SET", key, token, "NX", "PX", LOCK_MS):
+            if time.monotonic() > deadline:
+                raise ApiError(409, "pool_busy", "another change to this pool is still "
+                               "running; retry")
+            await asyncio.sleep(0.01)
+        try:
+            return await method(self, pool_id, *args, **kwargs)
+        finally:
+            await self.redis.evalsha(self.engine.scripts["unlock"], [key], [token])
+
+    return locked
 
 
 def _fixed(target: str | None, backup: str | None) -> list[str]:
@@ -189,6 +219,7 @@ class Pools:
                 continue
         return pools
 
+    @_one_at_a_time
     async def update(self, pool_id: str, req: PoolUpdate) -> dict[str, Any]:
         current = await self.get(pool_id)
         fields: dict[str, str] = {}
@@ -248,6 +279,7 @@ class Pools:
                                          for p in ids))
         return next((p for p, b in zip(ids, backups) if b == number.encode()), None)
 
+    @_one_at_a_time
     async def delete(self, pool_id: str) -> None:
         """Remove every number (ending the sessions holding them), then the pool."""
         k = self.keys
@@ -275,6 +307,7 @@ class Pools:
 
     # -- numbers --------------------------------------------------------------------------
 
+    @_one_at_a_time
     async def add_numbers(self, pool_id: str, req: NumbersAdd) -> dict[str, Any]:
         numbers = normalize_all(req.numbers, self.region)
         if not numbers and req.buy is None:
@@ -301,6 +334,7 @@ class Pools:
             pool["bought"] = bought
         return pool
 
+    @_one_at_a_time
     async def remove_number(self, pool_id: str, raw: str) -> None:
         number = normalize_one(raw, self.region)
         try:
@@ -309,6 +343,7 @@ class Pools:
             raise _not_in_pool(exc) from None
         await self.engine.release_numbers(pool_id, [number])
 
+    @_one_at_a_time
     async def set_active(self, pool_id: str, raw: str, active: bool) -> dict[str, Any]:
         number = normalize_one(raw, self.region)
         try:
