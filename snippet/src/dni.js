@@ -177,12 +177,14 @@
   };
 
   const link = (a) => {
-    let v = a.getAttribute("href");
+    const v = a.getAttribute("href");
+    const end = v.search(/[?;#]|$/); // the number part: before ?body=..., ;ext=...
+    let head = v.slice(0, end);
     try { // tel:+1%20555%20010%200000 is the same number (site builders encode spaces)
-      v = decodeURIComponent(v);
+      head = decodeURIComponent(head);
     } catch (e) {}
-    const r = rewrite(v, a, mine.has(a));
-    if (r != v) a.setAttribute("href", r), mine.add(a);
+    const r = rewrite(head, a, mine.has(a));
+    if (r != head) a.setAttribute("href", r + v.slice(end)), mine.add(a);
   };
 
   // Scan one subtree (a text node, an element, or the whole document).
