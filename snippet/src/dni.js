@@ -14,6 +14,9 @@
  *                    while the broker answers.
  *   data-timeout     ms to wait for the broker before keeping the page's number (1500).
  *   data-heartbeat   seconds between heartbeats, overriding the broker's heartbeat_s.
+ *   data-idle        minutes a tab may stay hidden and still keep its number (30; 0:
+ *                    always): after that it stops beating, so the session ends and the
+ *                    number goes back to the pool; shown again, it checks the session.
  *
  * API: window.dni.consent() (store the visitor from now on), window.dni.revoke() (consent
  * withdrawn: delete what was stored, store nothing more on this page), window.dni.swap()
@@ -35,6 +38,10 @@
   const mode = opt("consent"); // null | "page" | "wait"
   const timeout = +opt("timeout") || 1500;
   const beatS = +opt("heartbeat");
+  const idleMs = (opt("idle") || 30) * 6e4 || 1 / 0; // data-idle="0": never
+  let hiddenAt = d.hidden && Date.now(); // when the tab was last hidden (falsy: shown)
+  // Hidden since `at` for longer than data-idle: beats stop (a tab left in the background).
+  const lapsed = (at) => at && Date.now() - at > idleMs;
   const hideUntil = Date.now() + Math.min(+opt("hide") || 0, 3000);
   const KEY = "dni";
   const BEAT = "/v1/dni/heartbeat";
@@ -73,7 +80,7 @@
 
   // ---- visitor and attribution -------------------------------------------------------
   // At most n characters, never half of one (a lone surrogate is not valid JSON text).
-  const cut = (v, n) => v.length > n ? Array.from(v).slice(0, n).join("") : v;
+  const cut = (v, n) => Array.from(v).slice(0, n).join("");
 
   const ident = () => {
     let stored = {};
@@ -132,9 +139,9 @@
   };
 
   const hide = (p, el) => {
-    if (Date.now() < hideUntil && el.style && !el.dniHidden) {
+    if (Date.now() < hideUntil && el.style && !el.dniH) {
       p.hidden.push([el, el.style.visibility]);
-      el.dniHidden = 1;
+      el.dniH = 1;
       el.style.visibility = "hidden";
     }
   };
@@ -142,7 +149,7 @@
   const unhide = (p) => {
     p.hidden.forEach(([el, v]) => {
       el.style.visibility = v;
-      el.dniHidden = 0;
+      el.dniH = 0;
     });
     p.hidden = [];
   };
@@ -210,7 +217,7 @@
     if (p.seen.indexOf(number) < 0) p.seen.push(number);
     p.to = number;
     const other = (n) => n != number;
-    p.re = any(p, p.seen.slice(0, 1).filter(other));
+    p.re = any(p, [p.seen[0]].filter(other));
     p.ours = any(p, p.seen.slice(1).filter(other));
     unhide(p);
     scan(d);
@@ -220,7 +227,7 @@
     // Counts the requests: only the answer to the latest one is used (after consent the
     // visitor can change while a request for the page view's visitor is on its way).
     const n = p.asked = (p.asked || 0) + 1;
-    call("/v1/dni/session", Object.assign({pool_id: p.id, visitor_id: visitor}, source))
+    call("/v1/dni/session", {pool_id: p.id, visitor_id: visitor, ...source})
       .then((res) => {
         if (n != p.asked) return;
         clearInterval(p.timer);
@@ -237,17 +244,17 @@
       .catch(() => {
         if (n != p.asked) return;
         // The broker failed or was slow: keep the page's number, and ask again later
-        // (after 5 s, then twice as long each time, at most every heartbeat_s).
+        // (after 5 s, then 5 s longer each time, at most every minute).
         clearInterval(p.timer);
-        p.fails = (p.fails || 0) + 1;
-        p.timer = setTimeout(safe(() => session(p)),
-          Math.min(5e3 << Math.min(p.fails - 1, 8), (beatS || 60) * 1e3));
+        p.fails = -~p.fails; // + 1, from undefined too
+        p.timer = setTimeout(safe(() => session(p)), Math.min(5e3 * p.fails, 6e4));
         show(p, p.seen[0]);
       })
       .catch(noop);
   };
 
   const beat = safe((p) => {
+    if (lapsed(hiddenAt)) return;
     call(BEAT, {pool_id: p.id, visitor_id: visitor, session_id: p.sid})
       .then((res) => {
         if (res.status == "expired") session(p);
@@ -275,7 +282,7 @@
           if (!t) continue;
           const p = {id, cc: "" + (c.country_code || 1), seen: [t], hidden: []};
           p.len = digits(t).length - p.cc.length;
-          p.re = new RegExp("(^|\\D)(" + pattern(p, t) + ")(?!\\d)", "g");
+          p.re = any(p, [t]);
           pools.push(p);
         }
         run();
@@ -298,7 +305,14 @@
         });
         w.addEventListener("popstate", nav);
         // Back from the back/forward cache: timers were frozen, check the session now.
-        w.addEventListener("pageshow", (e) => e.persisted && pools.forEach((p) => p.sid && beat(p)));
+        const check = () => pools.forEach((p) => p.sid && beat(p));
+        w.addEventListener("pageshow", (e) => e.persisted && check());
+        // Shown again after its beats stopped: check the session (a new one if it lapsed).
+        d.addEventListener("visibilitychange", () => {
+          const at = hiddenAt;
+          hiddenAt = d.hidden && Date.now();
+          lapsed(at) && check();
+        });
       })
       .catch(noop);
   });

@@ -552,3 +552,32 @@ def test_a_failed_session_request_is_asked_again(broker: BrokerProcess, pool: di
                               tag(js(broker), pool["id"])))
     expect(page.locator("#n")).to_have_text("555-010-0007", timeout=9000)
     assert len(failed) == 1
+
+
+def _set_hidden(page: object, hidden: bool) -> None:
+    page.evaluate(  # type: ignore[attr-defined]
+        "h => { Object.defineProperty(document, 'hidden', {configurable: true, get: () => h});"
+        " document.dispatchEvent(new Event('visibilitychange')); }", hidden)
+
+
+def test_a_tab_hidden_past_data_idle_stops_beating(broker: BrokerProcess, pool: dict,
+                                                   fresh_site: Site, visitor: Browser,
+                                                   r: redis.Redis) -> None:
+    """A tab left in the background lets its session lapse (so the number goes back to
+    the pool); shown again, it checks its session at once."""
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/idle", '<p id="n">555-010-0000</p>',
+                              tag(js(broker), pool["id"], heartbeat="1", idle="0.02")))
+    expect(page.locator("#n")).to_have_text("555-010-0007")
+    vid = visitor_id(visitor)
+    page.wait_for_timeout(1500)
+    assert heartbeats(r, pool["id"], vid) >= 1  # beating while shown
+    _set_hidden(page, True)
+    page.wait_for_timeout(2000)  # past data-idle (1.2 s): the beats stop
+    stopped = heartbeats(r, pool["id"], vid)
+    page.wait_for_timeout(2500)
+    assert heartbeats(r, pool["id"], vid) == stopped
+    _set_hidden(page, False)  # shown again: one beat at once, then every second
+    page.wait_for_timeout(600)
+    assert heartbeats(r, pool["id"], vid) == stopped + 1
+    expect(page.locator("#n")).to_have_text("555-010-0007")
