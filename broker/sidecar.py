@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 from .engine import Engine
@@ -58,9 +59,14 @@ def consumer_fields(raw: dict[str, str]) -> dict[str, str]:
     return out
 
 
+class NotLeader(Exception):
+    """The leader lease went to another sidecar during a pass: this one stops at once."""
+
+
 class Sidecar:
     def __init__(self, redis: Any, keys: Keys, scripts: dict[str, Script],
-                 maxlen: int = 1_000_000, interval_s: float = 0.5) -> None:
+                 maxlen: int = 1_000_000, interval_s: float = 0.5,
+                 lease_ms: int = LEADER_TTL_MS) -> None:
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
@@ -68,12 +74,23 @@ class Sidecar:
         self.maxlen = maxlen
         self.interval_s = interval_s
         self.me = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.lease_ms = lease_ms
+        self._renew_at = 0.0
         self._stop = asyncio.Event()
 
     async def lead(self) -> bool:
         script = self.scripts["lead"]
-        return bool(await self.redis.evalsha(script, [self.keys.sidecar_leader()],
-                                             [self.me, LEADER_TTL_MS]))
+        leads = bool(await self.redis.evalsha(script, [self.keys.sidecar_leader()],
+                                              [self.me, self.lease_ms]))
+        if leads:  # renewed well before it runs out, so a long pass keeps it
+            self._renew_at = time.monotonic() + self.lease_ms / 3000
+        return leads
+
+    async def keep_lead(self) -> None:
+        """Between steps of a pass: renew the lease when due; NotLeader if it was lost
+        (a pass longer than the lease must not let a second sidecar copy alongside)."""
+        if time.monotonic() >= self._renew_at and not await self.lead():
+            raise NotLeader
 
     async def _count(self, field: str, by: int) -> None:
         if by:
@@ -86,6 +103,7 @@ class Sidecar:
         outbox, sessions = self.keys.outbox(pool_id), self.keys.sessions_stream()
         copied = 0
         while True:
+            await self.keep_lead()
             entries = await self.redis.execute("XRANGE", outbox, "-", "+", "COUNT", BATCH)
             if not entries:
                 return copied
@@ -138,9 +156,10 @@ class Sidecar:
             "SMEMBERS", self.keys.pool_index()))
         for pool_id in pool_ids:
             try:
+                await self.keep_lead()
                 done["ended_reported"] += await self.end_sessions(pool_id)
                 done["copied"] += await self.copy_outbox(pool_id)
-            except RedisUnavailable:
+            except (RedisUnavailable, NotLeader):
                 raise
             except Exception:  # noqa: BLE001 - one pool's failure must not stop the others
                 log.exception("sidecar: pool %s failed; going on with the others", pool_id)
@@ -159,17 +178,25 @@ class Sidecar:
         return done
 
     async def run(self) -> None:
-        """Lead or stand by, one cycle per interval, until stop(); errors are logged."""
+        """Lead or stand by, one cycle per interval, until stop(); errors are logged.
+        On stop the lease is given up, so another sidecar takes over at once."""
         while not self._stop.is_set():
             try:
                 if await self.lead():
                     await self.cycle()
+            except NotLeader:
+                log.info("sidecar %s lost the leader lease during a pass", self.me)
             except Exception:  # noqa: BLE001 - keep running; Redis may come back
                 log.exception("sidecar cycle failed")
             try:
                 await asyncio.wait_for(self._stop.wait(), self.interval_s)
             except asyncio.TimeoutError:
                 pass
+        try:
+            await self.redis.evalsha(self.scripts["unlock"], [self.keys.sidecar_leader()],
+                                     [self.me])
+        except Exception:  # noqa: BLE001 - Redis gone: the lease runs out by itself
+            pass
 
     def stop(self) -> None:
         self._stop.set()

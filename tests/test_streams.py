@@ -242,3 +242,52 @@ def test_copying_past_the_retention_warns_about_unread_entries(redis_server, r: 
     assert r.xlen(keys.sessions_stream()) == 200
     stats = {k.decode(): int(v) for k, v in r.hgetall(keys.sidecar_stats()).items()}
     assert stats["trimmed"] == 250 and stats["trim_dropped_pending"] >= 1
+
+
+def test_a_pass_longer_than_the_lease_keeps_it_and_copies_once(redis_server, r: redis.Redis):
+    """A sidecar whose pass outlasts its leader lease renews it as it goes, so a second
+    sidecar never copies the same outbox alongside: every entry once, in order."""
+    keys = Keys("dni")
+    for i in range(640):
+        r.xadd(keys.outbox("a"), {"event": "session.started", "pool_id": "a",
+                                  "session_id": f"s{i:04d}", "source": b"\nua\n{}"})
+
+    async def run() -> None:
+        client = PipelinedRedis(redis_server)
+        scripts = load_scripts()
+        await client.load_scripts(list(scripts.values()))
+        await client.evalsha(scripts["create_pool"], [keys.pool("a"), keys.numbers("a")],
+                             [1, "ttl_ms", 60000])
+        await client.execute("SADD", keys.pool_index(), "a")
+        slow, fast = (Sidecar(client, keys, scripts, lease_ms=300) for _ in range(2))
+        copy = slow.copy_outbox
+
+        async def slowly(pool_id: str) -> int:  # 10 batches of 64, 100 ms each: 1 s
+            real = client.execute
+
+            async def execute(*args):
+                if args[0] == "XDEL":
+                    await asyncio.sleep(0.1)
+                return await real(*args)
+
+            client.execute = execute
+            try:
+                return await copy(pool_id)
+            finally:
+                client.execute = real
+
+        slow.copy_outbox = slowly
+        assert await slow.lead()
+
+        async def other() -> None:  # tries to lead every 50 ms meanwhile
+            for _ in range(30):
+                await asyncio.sleep(0.05)
+                if await fast.lead():
+                    await fast.cycle()
+
+        await asyncio.gather(slow.cycle(), other())
+        await client.close()
+
+    asyncio.run(run())
+    ids = [f[b"session_id"].decode() for _, f in r.xrange(keys.sessions_stream())]
+    assert ids == [f"s{i:04d}" for i in range(640)]
