@@ -13,20 +13,13 @@ from .http import Endpoint, header, read_body
 from .models import (Attribution, HeartbeatRequest, HeartbeatResponse, SessionRequest,
                      SessionResponse, decode, encoder)
 from .source import pack
+from .stats import beat_s
 
 MAX_USER_AGENT = 512
 # Crawlers and link previewers would hold numbers no caller ever sees: they get `excluded`
 # (no Redis work) and the page keeps its own number.
 BOT_MARKERS = (b"bot", b"crawl", b"spider", b"slurp", b"lighthouse", b"facebookexternalhit")
 EXCLUDED = SessionResponse("excluded", None, None, None, 0)
-
-
-def beat_s(heartbeat_s: int, session_length_ms: int) -> int:
-    """The heartbeat interval told to the snippet: DNI_HEARTBEAT_S, but at most half the
-    pool's session length (at least 1 s), so a beating page never loses its session."""
-    if session_length_ms and session_length_ms < 2000 * heartbeat_s:
-        return max(1, session_length_ms // 2000)
-    return heartbeat_s
 
 
 def is_bot(user_agent: bytes) -> bool:

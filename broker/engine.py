@@ -94,9 +94,10 @@ class HeartbeatResult:
 
 @dataclass(frozen=True, slots=True)
 class PoolStats:
-    numbers: int
-    active_sessions: int
+    numbers: int  # active numbers
+    active_sessions: int  # live sessions, those on deactivated numbers included
     now_ms: int
+    on_active_numbers: int = 0  # live sessions holding active numbers
 
     @property
     def utilization(self) -> float:
@@ -171,11 +172,11 @@ class Engine:
         one sidecar interval)."""
         k = self.keys
         await self.end_sessions(pool_id, 500)
-        total, held, now = await self._run("pool_stats", [k.pool(pool_id), k.numbers(pool_id),
-                                                          k.inactive(pool_id)], [])
+        total, held, now, on_active = await self._run(
+            "pool_stats", [k.pool(pool_id), k.numbers(pool_id), k.inactive(pool_id)], [])
         if total < 0:
             raise PoolNotFound(pool_id)
-        return PoolStats(total, held, now)
+        return PoolStats(total, held, now, on_active)
 
     # -- numbers of a pool ------------------------------------------------------------
     # remove/activate re-check the holder lease the caller read; -2 means it changed.
@@ -277,7 +278,9 @@ class Engine:
         """Add counts to a minute bucket; (held, numbers, pressure started)."""
         k = self.keys
         flat = [x for pair in counts.items() for x in pair]
+        flush_id, _ = _entropy.take()  # one per call: a resent call is recognised
         held, total, started = await self._run(
-            "record_counts", [k.pool(pool_id), k.numbers(pool_id), k.minute(pool_id, minute)],
+            "record_counts", [k.pool(pool_id), k.numbers(pool_id), k.minute(pool_id, minute),
+                              k.flush_marker(pool_id, flush_id)],
             [bucket_ttl_s, threshold_pct, window_ms, *flat])
         return held, total, bool(started)

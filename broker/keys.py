@@ -31,6 +31,10 @@ class Keys:
         """Held while an admin change to the pool runs (one at a time per pool)."""
         return self._p(pool_id) + ":lock"
 
+    def flush_marker(self, pool_id: str, flush_id: str) -> str:
+        """Marks one answer-count flush as added (a minute's expiry; record_counts-4)."""
+        return self._p(pool_id) + ":f:" + flush_id
+
     def outbox(self, pool_id: str) -> str:
         return self._p(pool_id) + ":outbox"
 

@@ -3,7 +3,8 @@
 Counting stays out of the session script (the edge's hot path): each broker process
 counts its answers in a small in-memory dict (pool -> status -> count), and a background
 task flushes it about once a second (`DNI_STATS_FLUSH_MS`) into per-minute hashes
-`dni:{P}:m:{minute}` with record_counts-3.lua (HINCRBY, kept 25 hours). The dict only
+`dni:{P}:m:{minute}` with record_counts-4.lua (HINCRBY, kept 25 hours; a flush resent
+after a dropped connection is added once). The dict only
 ever holds the pools that had traffic since the last flush, so memory is bounded by the
 number of pools. Counts of a process that dies are lost for at most one flush interval.
 
@@ -75,6 +76,14 @@ async def flusher(counts: Counts, engine: Engine, interval_s: float) -> None:
             log.warning("could not flush answer counts: %s", exc)
 
 
+def beat_s(heartbeat_s: int, session_length_ms: int) -> int:
+    """The heartbeat interval told to the snippet: DNI_HEARTBEAT_S, but at most half the
+    pool's session length (at least 1 s), so a beating page never loses its session."""
+    if session_length_ms and session_length_ms < 2000 * heartbeat_s:
+        return max(1, session_length_ms // 2000)
+    return heartbeat_s
+
+
 def erlang_b(servers: int, load: float) -> float:
     """Blocking probability of an M/G/N/N loss system with offered load `load` (Erlangs)."""
     b = 1.0
@@ -126,10 +135,17 @@ async def pool_stats(engine: Engine, pool_id: str, heartbeat_s: int,
     peak_hour = max(peak_hour, s.active_sessions)
     peak_day = max(peak_day, peak_hour)
 
-    window_s = max(60.0, min(3600.0, (s.now_ms - created_at) / 1000)) if created_at else 3600.0
+    # The hour's buckets cover 59 whole minutes and the current one so far; a younger pool
+    # is counted over its age.
+    covered_s = 59 * 60 + (s.now_ms % 60_000) / 1000
+    age_s = (s.now_ms - created_at) / 1000 if created_at else covered_s
+    window_s = max(1.0, min(covered_s, age_s))
     arrivals = hour["new"] + hour["fallback"] + hour["unavailable"]
     rate = arrivals / window_s
-    visit_s = hour["alive"] * heartbeat_s / hour["new"] if hour["new"] else 0.0
+    # each heartbeat answered `alive` stands for one beat interval of the visit: the one the
+    # broker tells the snippet for this pool's session length
+    beat = beat_s(heartbeat_s, ttl_ms)
+    visit_s = hour["alive"] * beat / hour["new"] if hour["new"] else 0.0
     holding_s = visit_s + ttl_ms / 1000
     load = rate * holding_s
     pressure = bool(pressure_at) and s.now_ms - pressure_at <= HOUR_MS
@@ -138,7 +154,7 @@ async def pool_stats(engine: Engine, pool_id: str, heartbeat_s: int,
         "numbers": s.numbers,
         "inactive_numbers": inactive,
         "active_sessions": s.active_sessions,
-        "available": s.numbers - s.active_sessions,
+        "available": s.numbers - s.on_active_numbers,  # free active numbers
         "utilization": round(s.utilization, 4),
         "at": s.now_ms,
         "counts": {"last_hour": {f: hour[f] for f in STATUSES},

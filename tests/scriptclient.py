@@ -84,8 +84,9 @@ class Scripts:
 
     def stats(self, pool_id: str) -> tuple[int, int, int]:
         k = self.keys
+        # numbers, active sessions, now (the 4th, sessions on active numbers: stats.py)
         return tuple(self.run("pool_stats", [k.pool(pool_id), k.numbers(pool_id),
-                                             k.inactive(pool_id)], []))
+                                             k.inactive(pool_id)], []))[:3]
 
     def end_keys(self, pool_id: str) -> list[str]:
         """KEYS of end_sessions-5.lua."""

@@ -400,6 +400,21 @@ def test_end_sessions_resumes_after_its_last_number_when_one_leaves(s: Scripts, 
     assert {e["session_id"] for e in _ended(r, s, "p1")} == {"s0", "s1", "s2"}
 
 
+def test_a_count_flush_sent_twice_is_added_once(s: Scripts, r):
+    """The connection dropped with a flush in flight and the client sent it again: the
+    flush's marker makes the second one add nothing."""
+    s.make_pool("p1", numbers(2))
+    k = s.keys
+    keys = [k.pool("p1"), k.numbers("p1"), k.minute("p1", 1), k.flush_marker("p1", "f1")]
+    args = [3600, 80, 3_600_000, "new", 7, "alive", 2]
+    assert s.run("record_counts", keys, args)[:2] == [0, 2]
+    s.run("record_counts", keys, args)  # the same flush again
+    assert r.hgetall(k.minute("p1", 1)) == {b"new": b"7", b"alive": b"2", b"peak": b"0"}
+    s.run("record_counts", keys[:3] + [k.flush_marker("p1", "f2")], args)  # the next one
+    assert r.hget(k.minute("p1", 1), "new") == b"14"
+    assert 0 < r.ttl(k.flush_marker("p1", "f1")) <= 60
+
+
 def test_all_keys_of_a_pool_share_one_cluster_slot():
     k = Keys("dni")
     for pool_id in ("p1", "abc-DEF_123", "x" * 64):

@@ -35,8 +35,9 @@ def test_stats_count_answers_peak_and_pressure(admin, http, make_pool, r):
     assert sizing["target_fallback"] == 0.01
     assert sizing["mean_visit_s"] == pytest.approx(2 * 60 / 4)  # 2 heartbeats, 4 sessions
     assert sizing["holding_time_s"] == pytest.approx(30 + 600)
-    assert sizing["arrivals_per_s"] == pytest.approx(5 / 60, rel=1e-4)  # the pool is under a minute old
-    load = 5 / 60 * 630
+    age_s = (st["at"] - pool["created_at"]) / 1000  # the pool is younger than the hour
+    assert sizing["arrivals_per_s"] == pytest.approx(5 / age_s, rel=1e-3)
+    load = 5 / age_s * 630
     assert sizing["offered_load_erlangs"] == pytest.approx(load, rel=1e-3)
     assert sizing["recommended_size"] == recommended_size(load, 0.01)
     assert sizing["fallback_probability"] == pytest.approx(erlang_b(4, load), rel=1e-3)
@@ -150,3 +151,31 @@ def test_recommended_size_holds_the_target_in_simulation(rate, holding):
     one_fewer = simulate_fallback_rate(size - 1, rate, holding, 200_000, seed=1)
     assert at_size <= target < one_fewer, (size, at_size, one_fewer)
     assert at_size == pytest.approx(erlang_b(size, load), abs=0.003)
+
+
+def test_available_counts_free_active_numbers_only(admin, http, make_pool):
+    """A session going on on a deactivated number is live, but holds no active number:
+    `available` is the active numbers free, never negative."""
+    pool = make_pool(2)
+    a = http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": "a"}).json()
+    admin.post(f"/v1/pools/{pool['id']}/numbers/{a['number']}/deactivate")
+    st = admin.get(f"/v1/pools/{pool['id']}/stats").json()
+    assert (st["numbers"], st["active_sessions"], st["available"]) == (1, 1, 1)
+    http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": "b"})
+    st = admin.get(f"/v1/pools/{pool['id']}/stats").json()
+    assert (st["numbers"], st["active_sessions"], st["available"]) == (1, 2, 0)
+
+
+def test_visit_length_counts_beats_at_the_interval_told(admin, http, make_pool):
+    """With 4 s sessions the snippet is told to beat every 2 s: three beats are 6 s of
+    visit, not three times DNI_HEARTBEAT_S."""
+    pool = make_pool(1, session_ttl_s=4)
+    s = http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": "v"}).json()
+    assert s["heartbeat_s"] == 2
+    for _ in range(3):
+        beat = http.post("/v1/dni/heartbeat", json={"pool_id": pool["id"], "visitor_id": "v",
+                                                    "session_id": s["session_id"]}).json()
+        assert beat["status"] == "alive"
+    time.sleep(1.3)  # the counts are flushed about once a second
+    sizing = admin.get(f"/v1/pools/{pool['id']}/stats").json()["sizing"]
+    assert sizing["mean_visit_s"] == 6.0 and sizing["holding_time_s"] == 10.0

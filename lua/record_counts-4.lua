@@ -1,5 +1,5 @@
 --[[
-record_counts-3.lua: add one broker process's answer counts to a pool's per-minute
+record_counts-4.lua: add one broker process's answer counts to a pool's per-minute
 bucket, note the pool's concurrent sessions in it (peak), and detect pool pressure.
 
 Each broker process counts its answers in memory and calls this about once a second per
@@ -13,16 +13,21 @@ KEYS[1] pool     hash: pressure_at (epoch ms of the last sample at or over the t
 KEYS[2] numbers  sorted set of active numbers: number -> free-from time (epoch ms)
 KEYS[3] bucket   hash of one minute: new, reused, fallback, unavailable, alive (counts),
                  peak (most concurrent sessions sampled)
+KEYS[4] flush    a marker of this flush (one id per flush and pool): a flush sent twice
+                 (the connection dropped with it in flight, the client sent it again)
+                 is added once
 ARGV[1] bucket lifetime (seconds)
 ARGV[2] pressure threshold, percent of the active numbers (80)
 ARGV[3] pressure window (ms): pressure "starts" when none was seen for this long
 ARGV[4 ..] field, increment pairs
 
+Sessions on deactivated numbers are not counted here: pressure is about the numbers
+that can still be assigned.
 Returns {held, numbers, started}: started is 1 when this sample begins a spell of
 pressure (the caller then writes a pool.pressure stream entry), else 0; {-1, -1, 0} when
 the pool does not exist (nothing written). Cost: O(log n).
 ]]
-local pool_key, numbers_key, bucket_key = KEYS[1], KEYS[2], KEYS[3]
+local pool_key, numbers_key, bucket_key, flush_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local bucket_ttl_s = tonumber(ARGV[1])
 local threshold_pct = tonumber(ARGV[2])
 local window_ms = tonumber(ARGV[3])
@@ -37,6 +42,9 @@ local total = redis.call('ZCARD', numbers_key)
 local held = redis.call('ZCOUNT', numbers_key, '(' .. now, '+inf')
 local peak = tonumber(redis.call('HGET', bucket_key, 'peak') or '-1')
 local pressed = total > 0 and held * 100 >= total * threshold_pct
+if not redis.call('SET', flush_key, 1, 'NX', 'EX', 60) then  -- retries come within seconds
+  return {held, total, 0}  -- this flush was added already
+end
 local started = 0
 if pressed and (not prev[2] or now - tonumber(prev[2]) > window_ms) then
   started = 1
