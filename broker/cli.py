@@ -8,7 +8,7 @@ import secrets
 import signal
 import sys
 
-from . import events
+from . import __version__, events
 from .settings import Settings, SettingsError
 
 
@@ -21,10 +21,31 @@ def _settings() -> Settings | None:
         return None
 
 
+def _port(raw: str) -> int:
+    """A TCP port (argparse type; also applied to the DNI_PORT default)."""
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port (1-65535; DNI_PORT?)")
+    return port
+
+
+def _positive(raw: str) -> int:
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number >= 1")
+    return n
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .embedded import EmbeddedRedis, RedisNotInstalled
+    from .embedded import EmbeddedError, EmbeddedRedis, RedisNotInstalled
 
     settings = _settings()
     if settings is None:
@@ -34,7 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
         embedded = EmbeddedRedis(settings.data_dir)
         try:
             os.environ["DNI_REDIS_URL"] = embedded.start()
-        except RedisNotInstalled as exc:
+        except (RedisNotInstalled, EmbeddedError) as exc:
             print(f"dni: {exc}", file=sys.stderr)
             return 1
         print(f"dni: embedded Redis at {embedded.url} (data in {embedded.data_dir})",
@@ -43,8 +64,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["DNI_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
         print(f"dni: DNI_ADMIN_TOKEN not set; admin token for this run: "
               f"{os.environ['DNI_ADMIN_TOKEN']}", file=sys.stderr)
-    # Stop cleanly (and so stop the embedded Redis) on SIGTERM as on Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    # Stop cleanly (and so stop the embedded Redis) on SIGTERM and SIGHUP (a closed
+    # terminal) as on Ctrl-C.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
         uvicorn.run("broker.app:create_app", factory=True, host=args.host, port=args.port,
                     workers=args.workers, log_level=args.log_level, access_log=False,
@@ -114,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # its options are parsed in bench/
         return _bench(argv[1:])
     parser = argparse.ArgumentParser(prog="dni", description="DNI session broker")
+    parser.add_argument("--version", action="version", version=f"dni-broker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the edge and admin HTTP API")
     serve.add_argument("--host", default=os.environ.get("DNI_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("DNI_PORT", "8000")))
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--port", type=_port, default=os.environ.get("DNI_PORT", "8000"),
+                       help="default DNI_PORT or 8000")
+    serve.add_argument("--workers", type=_positive, default=1)
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_serve)
     sidecar = sub.add_parser("sidecar", help="move session records to dni:sessions")

@@ -2,17 +2,33 @@
 
 AOF on (appendfsync everysec), `maxmemory-policy noeviction` (a session store must never
 silently drop a lease), data under DNI_DATA_DIR. It listens on a unix socket only.
+
+The broker owns it:
+- one `dni serve` per data directory (an exclusive lock on `DNI_DATA_DIR/.lock`): two
+  Redis processes on one AOF would hand one number to two visitors;
+- it runs in its own session, so Ctrl-C or a closed terminal reaches the broker, which
+  stops Redis after its own shutdown (final count flush included), not before;
+- it gets SIGTERM when the broker process dies, even by SIGKILL (Linux), so no orphan
+  keeps the socket and the data;
+- when it dies while the broker runs, it is started again on the same data (the broker's
+  connections wait for it within DNI_REDIS_RETRY_MS).
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+log = logging.getLogger("dni.embedded")
 
 INSTALL_HINT = ("redis-server not found: install Redis (Debian/Ubuntu: `apt-get install "
                 "redis-server`, macOS: `brew install redis`) or set DNI_REDIS_URL")
@@ -22,23 +38,75 @@ class RedisNotInstalled(RuntimeError):
     pass
 
 
+class EmbeddedError(RuntimeError):
+    """The embedded Redis cannot run: a one-line reason for the operator."""
+
+
+try:  # loaded here, not in the forked child (no dlopen between fork and exec)
+    import ctypes
+
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: stop() still runs on every orderly exit
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (PR_SET_PDEATHSIG = 1)."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)
+
+
 class EmbeddedRedis:
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.proc: subprocess.Popen[bytes] | None = None
         self.socket_path = self.data_dir / "redis.sock"
+        self._tmp: str | None = None
         if len(str(self.socket_path)) > 100:  # AF_UNIX paths are limited to ~107 bytes
-            self.socket_path = Path(tempfile.mkdtemp(prefix="dni-")) / "redis.sock"
+            self._tmp = tempfile.mkdtemp(prefix="dni-")
+            self.socket_path = Path(self._tmp) / "redis.sock"
+        self._lock: int | None = None
+        self._stopping = threading.Event()
+        self._watch: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"unix://{self.socket_path}"
 
+    def _take_lock(self) -> None:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise EmbeddedError(f"cannot use DNI_DATA_DIR {self.data_dir}: "
+                                f"{exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise EmbeddedError(f"DNI_DATA_DIR {self.data_dir} is in use by another dni serve "
+                                f"(pid {holder}); stop it or use another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock = fd
+
     def start(self, timeout: float = 10.0) -> str:
+        """Start Redis and wait until it answers (while it loads its data it may take
+        longer than `timeout`: it is waited for as long as it says LOADING)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisNotInstalled(INSTALL_HINT)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._take_lock()
+        self._spawn(binary, timeout)
+        if self._watch is None:
+            self._watch = threading.Thread(target=self._watchdog, args=(binary,),
+                                           name="dni-embedded-redis", daemon=True)
+            self._watch.start()
+        return self.url
+
+    def _spawn(self, binary: str, timeout: float) -> None:
         args = [
             binary, "--port", "0", "--unixsocket", str(self.socket_path),
             "--unixsocketperm", "700", "--dir", str(self.data_dir),
@@ -46,34 +114,58 @@ class EmbeddedRedis:
             "--maxmemory-policy", "noeviction", "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited at start; see {self.data_dir}/redis.log")
-            if self._ping():
-                return self.url
+                self.proc = None
+                raise EmbeddedError(f"redis-server exited at start; see {self.data_dir}/redis.log")
+            answer = self._ping()
+            if answer == b"+PONG":
+                return
+            if answer != b"-LOADING" and time.monotonic() > deadline:
+                self.stop()
+                raise EmbeddedError(f"redis-server did not answer within {timeout:g} s; see "
+                                    f"{self.data_dir}/redis.log")
             time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer within {timeout}s")
 
-    def _ping(self) -> bool:
+    def _ping(self) -> bytes:
         try:
             with socket.socket(socket.AF_UNIX) as s:
                 s.settimeout(0.5)
                 s.connect(str(self.socket_path))
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                return s.recv(64).split(b" ")[0].strip()
         except OSError:
-            return False
+            return b""
+
+    def _watchdog(self, binary: str) -> None:
+        """Start Redis again when it dies while the broker runs."""
+        while not self._stopping.wait(0.5):
+            proc = self.proc
+            if proc is None or proc.poll() is None:
+                continue
+            log.error("embedded redis-server exited (code %s); starting it again",
+                      proc.returncode)
+            try:
+                self._spawn(binary, 30.0)
+            except EmbeddedError as exc:
+                log.error("%s", exc)
+                time.sleep(2)
 
     def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()  # SIGTERM: Redis flushes the AOF and exits
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # SIGTERM: Redis flushes the AOF and exits
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)  # releases the data directory
+            self._lock = None

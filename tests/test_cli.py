@@ -99,3 +99,51 @@ def test_bad_settings_give_a_one_line_error(name, value, words):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _redis_pids(data_dir: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"redis-server.*{data_dir}/redis.sock"],
+                         capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _wait(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_the_embedded_redis_belongs_to_one_broker(tmp_path: Path):
+    """One `dni serve` per data directory; its Redis is started again if it dies, and
+    goes away with the broker even when the broker is killed outright."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DNI_")}
+    data = tmp_path / "data"
+    env.update(DNI_DATA_DIR=str(data), DNI_ADMIN_TOKEN="tok", DNI_REDIS_RETRY_MS="5000")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(env, port)
+    try:
+        _wait_ready(url, proc)
+        # a second broker on the same data would run a second Redis on the same AOF
+        second = subprocess.run([sys.executable, "-m", "broker.cli", "serve", "--port",
+                                 str(free_port())], env=env, cwd=ROOT, capture_output=True,
+                                text=True, timeout=30)
+        assert second.returncode == 1 and "in use by another dni serve" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        # its Redis dies: the broker starts it again, on the same data
+        (first_redis,) = _redis_pids(data)
+        os.kill(first_redis, signal.SIGKILL)
+        _wait(lambda: _redis_pids(data) not in ([], [first_redis]))
+        _wait_ready(url, proc)
+        # the broker is killed outright (SIGKILL): its Redis does not outlive it
+        proc.kill()
+        proc.wait(10)
+        _wait(lambda: not _redis_pids(data), timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=20)
+        for pid in _redis_pids(data):
+            os.kill(pid, signal.SIGKILL)
