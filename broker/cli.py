@@ -115,7 +115,13 @@ def _sidecar(args: argparse.Namespace) -> int:
         finally:
             await redis.close()
 
-    asyncio.run(run())
+    from .redisconn import RedisUnavailable
+
+    try:
+        asyncio.run(run())
+    except (RedisUnavailable, OSError) as exc:
+        print(f"dni: {exc}", file=sys.stderr)  # names the Redis it could not reach
+        return 2
     return 0
 
 

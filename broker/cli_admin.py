@@ -49,6 +49,16 @@ def _q(number: str) -> str:
     return urllib.parse.quote(number, safe="")
 
 
+def _pid(pool_id: str) -> str:
+    """A pool id as given, if it is one (a path or query in it would address another
+    route: `P/numbers/N` is not a pool)."""
+    from .models import POOL_ID_RE
+
+    if not POOL_ID_RE.match(pool_id):
+        raise CliError(f"{pool_id!r} is not a pool id (1-64 of A-Z a-z 0-9 _ -)", 2)
+    return pool_id
+
+
 def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True))
 
@@ -99,22 +109,22 @@ def pools_list(args: argparse.Namespace) -> None:
 
 
 def pools_show(args: argparse.Namespace) -> None:
-    _print(_call(args, "GET", f"/v1/pools/{args.pool}"))
+    _print(_call(args, "GET", f"/v1/pools/{_pid(args.pool)}"))
 
 
 def pools_update(args: argparse.Namespace) -> None:
-    _print(_call(args, "PATCH", f"/v1/pools/{args.pool}", _pool_fields(args)))
+    _print(_call(args, "PATCH", f"/v1/pools/{_pid(args.pool)}", _pool_fields(args)))
 
 
 def pools_delete(args: argparse.Namespace) -> None:
-    _call(args, "DELETE", f"/v1/pools/{args.pool}")
-    print(f"deleted pool {args.pool}")
+    _call(args, "DELETE", f"/v1/pools/{_pid(args.pool)}")
+    print(f"deleted pool {_pid(args.pool)}")
 
 
 def pools_stats(args: argparse.Namespace) -> None:
     query = f"?target={args.target}"
     if args.pool:
-        pools = [_call(args, "GET", f"/v1/pools/{args.pool}/stats{query}")]
+        pools = [_call(args, "GET", f"/v1/pools/{_pid(args.pool)}/stats{query}")]
     else:
         pools = _call(args, "GET", f"/v1/stats{query}")["pools"]
     if args.json:
@@ -134,26 +144,26 @@ def numbers_add(args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"numbers": args.numbers}
     if args.call_flow:
         body["call_flow"] = args.call_flow
-    _print(_call(args, "POST", f"/v1/pools/{args.pool}/numbers", body))
+    _print(_call(args, "POST", f"/v1/pools/{_pid(args.pool)}/numbers", body))
 
 
 def numbers_buy(args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"buy": _buy(args)}
     if args.call_flow:
         body["call_flow"] = args.call_flow
-    _print(_call(args, "POST", f"/v1/pools/{args.pool}/numbers", body))
+    _print(_call(args, "POST", f"/v1/pools/{_pid(args.pool)}/numbers", body))
 
 
 def numbers_remove(args: argparse.Namespace) -> None:
     for number in args.numbers:
-        _call(args, "DELETE", f"/v1/pools/{args.pool}/numbers/{_q(number)}")
+        _call(args, "DELETE", f"/v1/pools/{_pid(args.pool)}/numbers/{_q(number)}")
         print(f"removed {number}")
 
 
 def numbers_set(args: argparse.Namespace) -> None:
     action = "activate" if args.action == "activate" else "deactivate"
     for number in args.numbers:
-        _print(_call(args, "POST", f"/v1/pools/{args.pool}/numbers/{_q(number)}/{action}"))
+        _print(_call(args, "POST", f"/v1/pools/{_pid(args.pool)}/numbers/{_q(number)}/{action}"))
 
 
 def _pool_options(p: argparse.ArgumentParser, create: bool) -> None:

@@ -114,11 +114,16 @@ def _key(entry_id: Any) -> tuple[int, int]:
 
 def tail(client: redis.Redis, stream: str, follow: bool, out: TextIO) -> None:
     last = "$" if follow else "0-0"
-    if not follow:
-        for entry_id, fields in client.xrange(stream):
-            out.write(_line(stream, entry_id, fields).decode() + "\n")
-        out.flush()
-        return
+    if not follow:  # page by page: a long stream must not stall Redis or fill memory
+        start = "-"
+        while True:
+            page = client.xrange(stream, start, "+", count=1000)
+            for entry_id, fields in page:
+                out.write(_line(stream, entry_id, fields).decode() + "\n")
+            out.flush()
+            if len(page) < 1000:
+                return
+            start = "(" + page[-1][0].decode()
     while True:
         res = client.xread({stream: last}, count=100, block=5000)
         for _, entries in res or []:
@@ -173,4 +178,7 @@ def run_tail(args: argparse.Namespace) -> int:
             tail(client, stream, args.follow, sys.stdout)
     except KeyboardInterrupt:
         pass
+    except redis.exceptions.ConnectionError as exc:
+        print(f"dni: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+        return 2
     return 0

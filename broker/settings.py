@@ -84,6 +84,13 @@ class Settings:
             raise SettingsError(
                 f"DNI_REDIS_URL={url!r} must start with redis://, rediss:// or unix://"
             )
+        if url:
+            from .redisconn import parse_redis_url
+
+            try:
+                parse_redis_url(url)
+            except ValueError as exc:
+                raise SettingsError(f"DNI_REDIS_URL={url!r}: {exc}") from None
         if env.get("DNI_IP_MODE") == "hash" and not env.get("DNI_IP_HASH_KEY"):
             raise SettingsError("DNI_IP_MODE=hash needs a secret in DNI_IP_HASH_KEY")
         region = env.get("DNI_DEFAULT_REGION", "US").upper()

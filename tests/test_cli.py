@@ -92,6 +92,8 @@ def test_serve_without_redis_server_says_how_to_install(tmp_path: Path):
     ("DNI_KEY_PREFIX", "a{b}", "DNI_KEY_PREFIX"),
     ("DNI_HEARTBEAT_S", "soon", "not a whole number"),
     ("DNI_REDIS_CLUSTER", "maybe", "not a boolean"),
+    ("DNI_REDIS_URL", "redis://localhost:abc", "DNI_REDIS_URL"),
+    ("DNI_REDIS_URL", "redis://localhost/x", "DNI_REDIS_URL"),
 ])
 def test_bad_settings_give_a_one_line_error(name, value, words):
     env = dict(os.environ, **{name: value})
@@ -147,3 +149,33 @@ def test_the_embedded_redis_belongs_to_one_broker(tmp_path: Path):
         proc.communicate(timeout=20)
         for pid in _redis_pids(data):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("argv", [["sidecar", "--once"], ["events", "tail"],
+                                  ["events", "tail", "--group", "g", "--consumer", "c"]])
+def test_redis_side_commands_say_in_one_line_that_redis_is_down(argv):
+    env = dict(os.environ, DNI_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+               DNI_REDIS_RETRY_MS="200")
+    proc = subprocess.run([sys.executable, "-m", "broker.cli", *argv], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Redis" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_admin_cli_refuses_what_is_not_a_pool_id():
+    """`P/numbers/N` would address a number's route: it is refused before any request."""
+    proc = subprocess.run([sys.executable, "-m", "broker.cli", "pools", "delete",
+                           "abc/numbers/5550100001", "--url", "http://127.0.0.1:9",
+                           "--token", "t"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 2 and "is not a pool id" in proc.stderr
+
+
+def test_a_bad_port_is_a_usage_error_not_a_traceback():
+    for env_port, argv in (("abc", []), ("8000", ["--port", "99999"]), ("8000", ["--workers", "0"])):
+        proc = subprocess.run([sys.executable, "-m", "broker.cli", "serve", *argv],
+                              env=dict(os.environ, DNI_PORT=env_port), cwd=ROOT,
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "error: argument" in proc.stderr.splitlines()[-1]
