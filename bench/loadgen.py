@@ -53,6 +53,7 @@ class Spec:
     ttl_ms: int = 0  # naive: the pool's session length
     model: dict = field(default_factory=dict)  # VisitorModel keyword arguments
     record_leases: bool = False
+    record_blocked: bool = False  # the visitors answered fallback/unavailable (pressure)
     grace: float = 5.0
     tag: str = ""  # visitor id prefix (unique per run)
     # Seconds of load before measuring (open loop): the run starts with visits already in
@@ -190,6 +191,7 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
     statuses: Counter = Counter()
     sids: dict[str, str] = {}
     leases: list[tuple] = []
+    blocked: set[str] = set()
     backlog: deque = deque()
     free: deque = deque()  # FIFO: every connection stays in use (idle ones get closed)
     state = {"sent": 0, "done": 0, "skipped": 0, "stopping": False}
@@ -245,6 +247,8 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
             sids[vid] = sid or None
         if label == "new" and spec.record_leases:
             leases.append((number, vid, exp))
+        if spec.record_blocked and label in ("fallback", "unavailable"):
+            blocked.add(vid)
         if slot.__class__ is _HttpSlot and slot.transport is None:
             slots.remove(slot)  # connection gone: one slot fewer
             return
@@ -323,7 +327,7 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
     return {"hist": hist.encode(), "lag": lag.encode(), "service": service.encode(), "statuses": dict(statuses),
             "sent": state["sent"], "done": state["done"], "skipped_heartbeats": state["skipped"],
             "unfinished": unfinished_backlog + in_flight, "elapsed": elapsed,
-            "cpu_s": time.process_time(), "leases": leases}
+            "cpu_s": time.process_time(), "leases": leases, "blocked": sorted(blocked)}
 
 
 ERRORS = {"error", "no_pool"}
@@ -439,6 +443,8 @@ def merge(spec: Spec, parts: list[dict]) -> dict:
     out["new_session_share"] = new_session_share(out)
     if spec.record_leases:
         out["leases"] = leases
+    if spec.record_blocked:
+        out["blocked_visitors"] = sorted({v for p in parts for v in p["blocked"]})
     return out
 
 

@@ -153,8 +153,10 @@ def pressure(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[
     th = threading.Thread(target=sample, daemon=True)
     th.start()
     rate = args.rate or 200.0
-    spec = _spec(args, "engine", rate=rate, redis_url=redis.url, pool_id=pool_id)
+    spec = _spec(args, "engine", rate=rate, redis_url=redis.url, pool_id=pool_id,
+                 record_blocked=True)
     res = loadgen.run(spec, not args.quiet, "pressure ")
+    blocked = res.pop("blocked_visitors", [])
     stop.set()
     th.join()
     st = res["statuses"]
@@ -164,7 +166,8 @@ def pressure(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[
     # the visit plus one session length after its last refresh), in compressed time.
     hold_s = (args.visit_s + args.session_s) / args.speed
     visits = m.visit_rate * args.new_share  # a returning visit mostly reuses its session
-    sizing = asyncio.run(_admin_sizing(redis.url, pool_id, st, args.heartbeat_s / args.speed))
+    sizing = asyncio.run(_admin_sizing(redis.url, pool_id, st, blocked,
+                                       args.heartbeat_s / args.speed))
     out["pressure"] = {
         "pool_size": args.pool_size, "session_s": args.session_s, "rate": rate,
         "fallback_rate": round(st.get("fallback", 0) / sessions, 4) if sessions else None,
@@ -179,8 +182,8 @@ def pressure(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[
     return [("pressure", res)]
 
 
-async def _admin_sizing(redis_url: str, pool_id: str, statuses: dict, heartbeat_s: float
-                        ) -> dict:
+async def _admin_sizing(redis_url: str, pool_id: str, statuses: dict, blocked: list[str],
+                        heartbeat_s: float) -> dict:
     """The admin API's sizing of the pool, fed the run's answers as the edge would."""
     from broker.engine import Engine
     from broker.keys import Keys
@@ -196,7 +199,7 @@ async def _admin_sizing(redis_url: str, pool_id: str, statuses: dict, heartbeat_
         counts = {f: statuses[f] for f in FIELDS if statuses.get(f)}
         if counts:
             await engine.record_counts(pool_id, int(time.time() // 60), counts, BUCKET_TTL_S,
-                                       PRESSURE_PCT, HOUR_MS)
+                                       PRESSURE_PCT, HOUR_MS, blocked)
         # the admin API's figures are per second of real time, over the pool's age; the
         # heartbeat interval (for the visit length) is the compressed one
         return (await pool_stats(engine, pool_id, max(1, round(heartbeat_s))))["sizing"]

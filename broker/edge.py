@@ -58,6 +58,8 @@ async def session(scope: Scope, receive: Receive) -> bytes:
         return encoder.encode(EXCLUDED)
     res = await state.engine.session(req.pool_id, req.visitor_id, source_of(scope, body, ip))
     state.counts.add(req.pool_id, res.status)  # in memory; flushed to Redis by stats.py
+    if res.session_id is None:  # fallback, unavailable: turned away (counted once)
+        state.counts.block(req.pool_id, req.visitor_id)
     return encoder.encode(SessionResponse(res.status, res.number, res.session_id,
                                           res.expires_at, beat_s(state.settings.heartbeat_s,
                                                                  res.session_length_ms)))

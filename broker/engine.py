@@ -10,7 +10,7 @@ import asyncio
 import base64
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from .keys import Keys
 from .scripts import Script, load_scripts
@@ -273,14 +273,15 @@ class Engine:
     # -- counts -------------------------------------------------------------------------
 
     async def record_counts(self, pool_id: str, minute: int, counts: dict[str, int],
-                            bucket_ttl_s: int, threshold_pct: int,
-                            window_ms: int) -> tuple[int, int, bool]:
-        """Add counts to a minute bucket; (held, numbers, pressure started)."""
+                            bucket_ttl_s: int, threshold_pct: int, window_ms: int,
+                            blocked: Iterable[str] = ()) -> tuple[int, int, bool]:
+        """Add counts (and the visitors answered fallback/unavailable) to a minute's
+        buckets; (held, numbers, pressure started)."""
         k = self.keys
         flat = [x for pair in counts.items() for x in pair]
         flush_id, _ = _entropy.take()  # one per call: a resent call is recognised
         held, total, started = await self._run(
             "record_counts", [k.pool(pool_id), k.numbers(pool_id), k.minute(pool_id, minute),
-                              k.flush_marker(pool_id, flush_id)],
-            [bucket_ttl_s, threshold_pct, window_ms, *flat])
+                              k.flush_marker(pool_id, flush_id), k.blocked(pool_id, minute)],
+            [bucket_ttl_s, threshold_pct, window_ms, len(counts), *flat, *blocked])
         return held, total, bool(started)

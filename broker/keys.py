@@ -31,8 +31,12 @@ class Keys:
         """Held while an admin change to the pool runs (one at a time per pool)."""
         return self._p(pool_id) + ":lock"
 
+    def blocked(self, pool_id: str, minute: int) -> str:
+        """HyperLogLog of the visitors answered fallback/unavailable in one minute."""
+        return self._p(pool_id) + f":b:{minute}"
+
     def flush_marker(self, pool_id: str, flush_id: str) -> str:
-        """Marks one answer-count flush as added (a minute's expiry; record_counts-4)."""
+        """Marks one answer-count flush as added (a minute's expiry; record_counts-5)."""
         return self._p(pool_id) + ":f:" + flush_id
 
     def outbox(self, pool_id: str) -> str:

@@ -3,13 +3,13 @@
 Counting stays out of the session script (the edge's hot path): each broker process
 counts its answers in a small in-memory dict (pool -> status -> count), and a background
 task flushes it about once a second (`DNI_STATS_FLUSH_MS`) into per-minute hashes
-`dni:{P}:m:{minute}` with record_counts-4.lua (HINCRBY, kept 25 hours; a flush resent
+`dni:{P}:m:{minute}` with record_counts-5.lua (HINCRBY, kept 25 hours; a flush resent
 after a dropped connection is added once). The dict only
 ever holds the pools that had traffic since the last flush, so memory is bounded by the
 number of pools. Counts of a process that dies are lost for at most one flush interval.
 
-Sizing is Erlang B: visitors arrive at rate lambda (new + fallback + unavailable answers
-per second over the last hour) and hold a number for the visit length plus the session
+Sizing is Erlang B: visitors arrive at rate lambda (new sessions plus distinct visitors
+answered fallback or unavailable, per second over the last hour) and hold a number for the visit length plus the session
 length; the recommended size is the smallest pool whose blocking probability B(N, A),
 A = lambda * holding time, is at most the target (default 1%).
 """
@@ -33,12 +33,14 @@ HOUR_MS = 3_600_000
 
 
 class Counts:
-    """In-memory answer counts of this process since the last flush."""
+    """In-memory answer counts of this process since the last flush, and the visitors it
+    answered fallback or unavailable (bounded by the distinct ones within one flush)."""
 
-    __slots__ = ("cur",)
+    __slots__ = ("cur", "blocked")
 
     def __init__(self) -> None:
         self.cur: dict[str, dict[str, int]] = {}
+        self.blocked: dict[str, set[str]] = {}
 
     def add(self, pool_id: str, status: str) -> None:
         c = self.cur.get(pool_id)
@@ -46,19 +48,23 @@ class Counts:
             c = self.cur[pool_id] = {}
         c[status] = c.get(status, 0) + 1
 
-    def take(self) -> dict[str, dict[str, int]]:
+    def block(self, pool_id: str, visitor_id: str) -> None:
+        self.blocked.setdefault(pool_id, set()).add(visitor_id)
+
+    def take(self) -> tuple[dict[str, dict[str, int]], dict[str, set[str]]]:
         cur, self.cur = self.cur, {}
-        return cur
+        blocked, self.blocked = self.blocked, {}
+        return cur, blocked
 
 
 async def flush(counts: Counts, engine: Engine) -> None:
-    taken = counts.take()
+    taken, blocked = counts.take()
     if not taken:
         return
     minute = int(time.time() // 60)
     for pool_id, c in taken.items():
         held, total, started = await engine.record_counts(
-            pool_id, minute, c, BUCKET_TTL_S, PRESSURE_PCT, HOUR_MS)
+            pool_id, minute, c, BUCKET_TTL_S, PRESSURE_PCT, HOUR_MS, blocked.get(pool_id, ()))
         if started:
             await engine.redis.execute(
                 "XADD", engine.keys.events_stream(), "MAXLEN", "~", "100000", "*",
@@ -140,7 +146,11 @@ async def pool_stats(engine: Engine, pool_id: str, heartbeat_s: int,
     covered_s = 59 * 60 + (s.now_ms % 60_000) / 1000
     age_s = (s.now_ms - created_at) / 1000 if created_at else covered_s
     window_s = max(1.0, min(covered_s, age_s))
-    arrivals = hour["new"] + hour["fallback"] + hour["unavailable"]
+    # Arrivals: sessions started, plus the distinct visitors turned away (the snippet asks
+    # again every heartbeat_s while a pool is full: its retries are the same arrival)
+    blocked = await redis.execute("PFCOUNT", *(k.blocked(pool_id, now_min - i)
+                                               for i in range(60)))
+    arrivals = hour["new"] + blocked
     rate = arrivals / window_s
     # each heartbeat answered `alive` stands for one beat interval of the visit: the one the
     # broker tells the snippet for this pool's session length
@@ -165,6 +175,7 @@ async def pool_stats(engine: Engine, pool_id: str, heartbeat_s: int,
         "sizing": {
             "target_fallback": target,
             "arrivals_per_s": round(rate, 6),
+            "blocked_visitors_last_hour": blocked,
             "mean_visit_s": round(visit_s, 3),
             "holding_time_s": round(holding_s, 3),
             "offered_load_erlangs": round(load, 4),

@@ -405,12 +405,14 @@ def test_a_count_flush_sent_twice_is_added_once(s: Scripts, r):
     flush's marker makes the second one add nothing."""
     s.make_pool("p1", numbers(2))
     k = s.keys
-    keys = [k.pool("p1"), k.numbers("p1"), k.minute("p1", 1), k.flush_marker("p1", "f1")]
-    args = [3600, 80, 3_600_000, "new", 7, "alive", 2]
+    keys = [k.pool("p1"), k.numbers("p1"), k.minute("p1", 1), k.flush_marker("p1", "f1"),
+            k.blocked("p1", 1)]
+    args = [3600, 80, 3_600_000, 2, "new", 7, "alive", 2, "vA", "vB", "vA"]
     assert s.run("record_counts", keys, args)[:2] == [0, 2]
     s.run("record_counts", keys, args)  # the same flush again
     assert r.hgetall(k.minute("p1", 1)) == {b"new": b"7", b"alive": b"2", b"peak": b"0"}
-    s.run("record_counts", keys[:3] + [k.flush_marker("p1", "f2")], args)  # the next one
+    assert r.pfcount(k.blocked("p1", 1)) == 2  # distinct visitors turned away
+    s.run("record_counts", keys[:3] + [k.flush_marker("p1", "f2"), keys[4]], args)  # the next
     assert r.hget(k.minute("p1", 1), "new") == b"14"
     assert 0 < r.ttl(k.flush_marker("p1", "f1")) <= 60
 

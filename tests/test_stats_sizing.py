@@ -179,3 +179,20 @@ def test_visit_length_counts_beats_at_the_interval_told(admin, http, make_pool):
     time.sleep(1.3)  # the counts are flushed about once a second
     sizing = admin.get(f"/v1/pools/{pool['id']}/stats").json()["sizing"]
     assert sizing["mean_visit_s"] == 6.0 and sizing["holding_time_s"] == 10.0
+
+
+def test_a_turned_away_visitor_asking_again_is_one_arrival(admin, http, make_pool):
+    """While the pool is full the snippet asks again every heartbeat_s: ten fallback
+    answers to one visitor are one arrival for the sizing, not ten."""
+    pool = make_pool(1, fallback_number="+15550199999")
+    asks = [("a", 1), ("b", 10), ("c", 3)]
+    for visitor, times in asks:
+        for _ in range(times):
+            http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": visitor})
+    time.sleep(1.3)  # flushed about once a second
+    st = admin.get(f"/v1/pools/{pool['id']}/stats").json()
+    assert st["counts"]["last_hour"]["fallback"] == 13  # the answers, as given
+    sizing = st["sizing"]
+    assert sizing["blocked_visitors_last_hour"] == 2
+    age_s = (st["at"] - pool["created_at"]) / 1000
+    assert sizing["arrivals_per_s"] == pytest.approx(3 / age_s, rel=1e-3)

@@ -1,5 +1,5 @@
 --[[
-record_counts-4.lua: add one broker process's answer counts to a pool's per-minute
+record_counts-5.lua: add one broker process's answer counts to a pool's per-minute
 bucket, note the pool's concurrent sessions in it (peak), and detect pool pressure.
 
 Each broker process counts its answers in memory and calls this about once a second per
@@ -16,10 +16,15 @@ KEYS[3] bucket   hash of one minute: new, reused, fallback, unavailable, alive (
 KEYS[4] flush    a marker of this flush (one id per flush and pool): a flush sent twice
                  (the connection dropped with it in flight, the client sent it again)
                  is added once
+KEYS[5] blocked  HyperLogLog of one minute: the visitors answered fallback or
+                 unavailable (distinct: the snippet asks again every heartbeat_s while a
+                 pool is full, and those retries are not new arrivals)
 ARGV[1] bucket lifetime (seconds)
 ARGV[2] pressure threshold, percent of the active numbers (80)
 ARGV[3] pressure window (ms): pressure "starts" when none was seen for this long
-ARGV[4 ..] field, increment pairs
+ARGV[4] n, the count of field, increment pairs that follow
+ARGV[5 .. 4+2n] field, increment pairs
+ARGV[5+2n ..] visitor ids answered fallback or unavailable in this flush
 
 Sessions on deactivated numbers are not counted here: pressure is about the numbers
 that can still be assigned.
@@ -27,7 +32,8 @@ Returns {held, numbers, started}: started is 1 when this sample begins a spell o
 pressure (the caller then writes a pool.pressure stream entry), else 0; {-1, -1, 0} when
 the pool does not exist (nothing written). Cost: O(log n).
 ]]
-local pool_key, numbers_key, bucket_key, flush_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local pool_key, numbers_key, bucket_key, flush_key, blocked_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local bucket_ttl_s = tonumber(ARGV[1])
 local threshold_pct = tonumber(ARGV[2])
 local window_ms = tonumber(ARGV[3])
@@ -50,8 +56,15 @@ if pressed and (not prev[2] or now - tonumber(prev[2]) > window_ms) then
   started = 1
 end
 
-for i = 4, #ARGV, 2 do
+local last_pair = 4 + 2 * tonumber(ARGV[4])
+for i = 5, last_pair, 2 do
   redis.call('HINCRBY', bucket_key, ARGV[i], ARGV[i + 1])
+end
+if #ARGV > last_pair then
+  for i = last_pair + 1, #ARGV, 1000 do
+    redis.call('PFADD', blocked_key, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  redis.call('EXPIRE', blocked_key, bucket_ttl_s)
 end
 if held > peak then
   redis.call('HSET', bucket_key, 'peak', held)
