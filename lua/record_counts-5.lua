@@ -47,7 +47,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local total = redis.call('ZCARD', numbers_key)
 local held = redis.call('ZCOUNT', numbers_key, '(' .. now, '+inf')
 local peak = tonumber(redis.call('HGET', bucket_key, 'peak') or '-1')
-local pressed = total > 0 and held * 100 >= total * threshold_pct
+local last_pair = 4 + 2 * tonumber(ARGV[4])
+local turned_away = 0
+for i = 5, last_pair, 2 do
+  if ARGV[i] == 'fallback' or ARGV[i] == 'unavailable' then
+    turned_away = turned_away + tonumber(ARGV[i + 1])
+  end
+end
+-- under pressure: most active numbers held, or none to hold and visitors turned away
+local pressed = (total > 0 and held * 100 >= total * threshold_pct) or
+  (total == 0 and turned_away > 0)
 if not redis.call('SET', flush_key, 1, 'NX', 'EX', 60) then  -- retries come within seconds
   return {held, total, 0}  -- this flush was added already
 end
@@ -56,7 +65,6 @@ if pressed and (not prev[2] or now - tonumber(prev[2]) > window_ms) then
   started = 1
 end
 
-local last_pair = 4 + 2 * tonumber(ARGV[4])
 for i = 5, last_pair, 2 do
   redis.call('HINCRBY', bucket_key, ARGV[i], ARGV[i + 1])
 end

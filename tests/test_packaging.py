@@ -92,6 +92,7 @@ def test_docker_compose_wires_the_broker_to_its_redis():
     assert broker["depends_on"]["redis"]["condition"] == "service_healthy"
     assert broker["ports"] == ["8000:8000"]
     assert "/readyz" in " ".join(broker["healthcheck"]["test"])
+    assert broker["restart"] == services["redis"]["restart"] == "unless-stopped"
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "pip install --no-cache-dir ." in dockerfile
     assert '"dni", "serve", "--host", "0.0.0.0", "--port", "8000"' in dockerfile

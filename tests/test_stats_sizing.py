@@ -196,3 +196,14 @@ def test_a_turned_away_visitor_asking_again_is_one_arrival(admin, http, make_poo
     assert sizing["blocked_visitors_last_hour"] == 2
     age_s = (st["at"] - pool["created_at"]) / 1000
     assert sizing["arrivals_per_s"] == pytest.approx(3 / age_s, rel=1e-3)
+
+
+def test_a_pool_with_no_numbers_turning_visitors_away_is_under_pressure(admin, http, make_pool,
+                                                                       r):
+    pool = make_pool(0, fallback_number="+15550199999")
+    res = http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": "v"})
+    assert res.json()["status"] == "fallback"
+    time.sleep(1.3)
+    st = admin.get(f"/v1/pools/{pool['id']}/stats").json()
+    assert st["pressure"] is True
+    assert [e[b"pool_id"].decode() for _, e in r.xrange("dni:events")] == [pool["id"]]
