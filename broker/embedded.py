@@ -67,6 +67,7 @@ class EmbeddedRedis:
             self.socket_path = Path(self._tmp) / "redis.sock"
         self._lock: int | None = None
         self._stopping = threading.Event()
+        self._spawning = threading.Lock()
         self._watch: threading.Thread | None = None
 
     @property
@@ -99,7 +100,11 @@ class EmbeddedRedis:
             raise RedisNotInstalled(INSTALL_HINT)
         if self._lock is None:
             self._take_lock()
-        self._spawn(binary, timeout)
+        try:
+            self._spawn(binary, timeout)
+        except BaseException:
+            self.stop()  # releases the data directory
+            raise
         if self._watch is None:
             self._watch = threading.Thread(target=self._watchdog, args=(binary,),
                                            name="dni-embedded-redis", daemon=True)
@@ -125,7 +130,9 @@ class EmbeddedRedis:
             if answer == b"+PONG":
                 return
             if answer != b"-LOADING" and time.monotonic() > deadline:
-                self.stop()
+                proc, self.proc = self.proc, None
+                proc.kill()
+                proc.wait()
                 raise EmbeddedError(f"redis-server did not answer within {timeout:g} s; see "
                                     f"{self.data_dir}/redis.log")
             time.sleep(0.05)
@@ -144,19 +151,23 @@ class EmbeddedRedis:
         """Start Redis again when it dies while the broker runs."""
         while not self._stopping.wait(0.5):
             proc = self.proc
-            if proc is None or proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 continue
-            log.error("embedded redis-server exited (code %s); starting it again",
-                      proc.returncode)
+            if proc is not None:
+                log.error("embedded redis-server exited (code %s); starting it again",
+                          proc.returncode)
             try:
-                self._spawn(binary, 30.0)
-            except EmbeddedError as exc:
+                with self._spawning:
+                    if not self._stopping.is_set():
+                        self._spawn(binary, 30.0)
+            except EmbeddedError as exc:  # tried again at the next turn
                 log.error("%s", exc)
-                time.sleep(2)
+                self._stopping.wait(2)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
-        proc, self.proc = self.proc, None
+        with self._spawning:  # not while the watchdog starts one
+            proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()  # SIGTERM: Redis flushes the AOF and exits
             try:
