@@ -41,6 +41,11 @@ class _Entropy:
 _entropy = _Entropy()
 
 
+# Scripts that must not be sent again when the connection drops with them in flight (they
+# may have run): counts in the number index, and steps whose second run answers otherwise.
+_RUN_ONCE = frozenset({"fix_numbers", "create_pool", "remove_number", "delete_pool"})
+
+
 class PoolNotFound(LookupError):
     def __init__(self, pool_id: str) -> None:
         super().__init__(f"pool {pool_id!r} does not exist")
@@ -117,7 +122,7 @@ class Engine:
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         script = self.scripts[name]
         script.check(keys)
-        return await self.redis.evalsha(script, keys, args)
+        return await self.redis.evalsha(script, keys, args, name not in _RUN_ONCE)
 
     async def session(self, pool_id: str, visitor_id: str, source: bytes = b"\n\n{}"
                       ) -> SessionResult:

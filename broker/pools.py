@@ -22,6 +22,7 @@ from .models import Buy, NumbersAdd, PoolCreate, PoolUpdate
 from .phone import InvalidNumber, normalize
 from .providers import (NotEnoughNumbers, Provider, ProviderError, buy_numbers,
                         release_all)
+from .redisconn import RedisUnavailable
 
 # Pool hash field -> public name. ttl_ms and fallback are read by the scripts.
 _PUBLIC = {"name": "name", "website_url": "website_url", "target_number": "target_number",
@@ -75,7 +76,7 @@ def _one_at_a_time(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitab
     async def locked(self: "Pools", pool_id: str, *args: Any, **kwargs: Any) -> T:
         key, token = self.keys.admin_lock(pool_id), secrets.token_hex(8)
         deadline = time.monotonic() + LOCK_WAIT_S
-        while not await self.redis.execute("SET", key, token, "NX", "PX", LOCK_MS):
+        while not await _take(self.redis, key, token):
             if time.monotonic() > deadline:
                 raise ApiError(409, "pool_busy", "another change to this pool is still "
                                "running; retry")
@@ -86,6 +87,16 @@ def _one_at_a_time(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitab
             await self.redis.evalsha(self.engine.scripts["unlock"], [key], [token])
 
     return locked
+
+
+async def _take(redis: Any, key: str, token: str) -> bool:
+    """SET NX the lock; if the reply was lost (the connection dropped with it in flight),
+    whether it is ours is read back rather than guessed (else it would block the pool for
+    LOCK_MS with nobody holding it)."""
+    try:
+        return bool(await redis.execute("SET", key, token, "NX", "PX", LOCK_MS))
+    except RedisUnavailable:
+        return await redis.execute("GET", key) == token.encode()
 
 
 def _fixed(target: str | None, backup: str | None) -> list[str]:
@@ -173,7 +184,7 @@ class Pools:
         flat = [x for pair in fields.items() for x in pair]
         keys = [self.keys.pool(pool_id), self.keys.numbers(pool_id)]
         if not await self.redis.evalsha(self.engine.scripts["create_pool"], keys,
-                                        [len(fields), *flat, *numbers]):
+                                        [len(fields), *flat, *numbers], resend=False):
             raise RuntimeError(f"pool id {pool_id} exists already")
         await self._set_flows(pool_id, numbers, fields["call_flow"])
         await self.redis.execute("SADD", self.keys.pool_index(), pool_id)

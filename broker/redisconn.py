@@ -211,14 +211,17 @@ class PipelinedRedis:
         proto.send(hiredis.pack_command(args), fut)
         return await fut
 
-    async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+    async def evalsha(self, script: Script, keys: list[str], args: list[Any],
+                      resend: bool = True) -> Any:
         """Run a script: EVALSHA, then EVAL on NOSCRIPT (script cache flushed, Redis restarted).
 
         A Redis restart is waited out for up to `retry_s`: a command in flight when the
         connection drops is sent again, and so is one that finds Redis still loading its
-        data. The edge's scripts are safe to run twice: a session or heartbeat that did run
-        before the drop answers the same on the second run (`reused`, `ok`), and a call
-        posted twice is one call."""
+        data. A command in flight may have run before the drop, so only scripts safe to run
+        twice are sent again: a session or heartbeat that did run answers the same on the
+        second run (`reused`, `alive`), a call posted twice is one call, a count flush has
+        its marker. `resend=False` (scripts that must not run twice, like the index counts)
+        turns a drop with the command in flight into RedisUnavailable."""
         deadline = 0.0
         while True:
             try:
@@ -229,6 +232,9 @@ class PipelinedRedis:
                         raise
                     return await self.execute("EVAL", script.body, script.numkeys, *keys, *args)
             except (ConnectionLost, RedisError) as exc:
+                if isinstance(exc, ConnectionLost) and not resend:
+                    raise RedisUnavailable(f"Redis dropped the connection with {script.name} "
+                                           f"in flight; it may or may not have run: {exc}") from exc
                 transient = isinstance(exc, ConnectionLost) or str(exc).startswith(_TRANSIENT)
                 now = time.monotonic()
                 if not deadline:
@@ -301,7 +307,8 @@ class ClusterRedis:
     async def execute(self, *args: Any) -> Any:
         return await self._call(lambda: self._client.execute_command(*args))
 
-    async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+    async def evalsha(self, script: Script, keys: list[str], args: list[Any],
+                      resend: bool = True) -> Any:
         from redis.exceptions import NoScriptError
 
         async def run() -> Any:
@@ -310,6 +317,17 @@ class ClusterRedis:
             except NoScriptError:
                 return await self._client.eval(script.body, script.numkeys, *keys, *args)
 
+        if not resend:  # at most once from here (see PipelinedRedis.evalsha)
+            from redis import exceptions as rx
+
+            try:
+                await self._call(lambda: self._client.ping())
+                return await run()
+            except rx.ResponseError as exc:
+                raise RedisError(str(exc)) from None
+            except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+                raise RedisUnavailable(f"Redis Cluster dropped {script.name} in flight: {exc}"
+                                       ) from None
         return await self._call(run)
 
     async def load_scripts(self, scripts: list[Script]) -> None:

@@ -132,3 +132,23 @@ def test_two_target_changes_at_once_leave_the_index_as_the_last_one(redis_server
         # q still names the old target; p names the one that won; the loser is free
         assert counts == {"+15550190000": 1, target: 1}, counts
         assert other not in counts
+
+
+def test_a_lock_whose_reply_was_lost_is_recognised_as_ours():
+    """The SET NX ran but its reply was lost with the connection: reading the key back
+    tells whether this change holds the lock (else nobody would, for two minutes)."""
+    from broker.pools import _take
+    from broker.redisconn import ConnectionLost
+
+    class Dropped:
+        def __init__(self, holder: bytes | None) -> None:
+            self.holder = holder
+
+        async def execute(self, *args: object) -> object:
+            if args[0] == "SET":
+                raise ConnectionLost("dropped with SET in flight")
+            return self.holder
+
+    assert asyncio.run(_take(Dropped(b"tok1"), "k", "tok1")) is True
+    assert asyncio.run(_take(Dropped(b"other"), "k", "tok1")) is False
+    assert asyncio.run(_take(Dropped(None), "k", "tok1")) is False

@@ -177,7 +177,7 @@ class _FlakyRedis(asyncio.Protocol):
             self.transport.write(step)
 
 
-async def _against_flaky(script: list[bytes], retry_s: float):
+async def _against_flaky(script: list[bytes], retry_s: float, resend: bool = True):
     from broker.redisconn import PipelinedRedis
     from broker.scripts import Script
 
@@ -188,8 +188,8 @@ async def _against_flaky(script: list[bytes], retry_s: float):
     try:
         started = time.monotonic()
         try:
-            return await client.evalsha(Script("t", 0, b"return 7", "0" * 40), [], []), \
-                time.monotonic() - started
+            return await client.evalsha(Script("t", 0, b"return 7", "0" * 40), [], [],
+                                        resend), time.monotonic() - started
         except Exception as exc:  # noqa: BLE001 - the test inspects it
             return exc, time.monotonic() - started
     finally:
@@ -221,3 +221,17 @@ def test_other_error_replies_are_not_retried():
     reply, _ = asyncio.run(_against_flaky(script, retry_s=3))
     assert isinstance(reply, RedisError) and str(reply) == "ERR something else"
     assert script == [b":7\r\n"]
+
+
+def test_a_script_that_must_run_once_is_not_sent_again_after_a_drop():
+    """The connection dropped with the command in flight: it may have run. A script
+    marked run-once (the number index's counts) is not sent again: 503, not a double
+    count; the others are (they answer the same on a second run)."""
+    from broker.engine import _RUN_ONCE
+    from broker.redisconn import RedisUnavailable
+
+    assert {"fix_numbers", "create_pool", "remove_number", "delete_pool"} <= _RUN_ONCE
+    got, _ = asyncio.run(_against_flaky([b"drop"], 2.0, resend=False))
+    assert isinstance(got, RedisUnavailable) and "may or may not have run" in str(got)
+    got, _ = asyncio.run(_against_flaky([b"drop"], 2.0, resend=True))
+    assert got == 7
