@@ -279,6 +279,7 @@ async def _run_worker(spec: Spec, index: int, report: Any) -> dict:
             for h in (hist, lag, service, interval):
                 h.reset()
             statuses.clear()
+            blocked.clear()
             state["done"] = 0
             state["skipped"] = 0
             t_measured = elapsed

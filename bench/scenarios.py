@@ -153,8 +153,10 @@ def pressure(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[
     th = threading.Thread(target=sample, daemon=True)
     th.start()
     rate = args.rate or 200.0
+    # no warm-up: the scenario watches a pool from its start (and the admin API's figures
+    # are over the pool's age)
     spec = _spec(args, "engine", rate=rate, redis_url=redis.url, pool_id=pool_id,
-                 record_blocked=True)
+                 record_blocked=True, warmup=0.0)
     res = loadgen.run(spec, not args.quiet, "pressure ")
     blocked = res.pop("blocked_visitors", [])
     stop.set()

@@ -64,10 +64,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["DNI_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
         print(f"dni: DNI_ADMIN_TOKEN not set; admin token for this run: "
               f"{os.environ['DNI_ADMIN_TOKEN']}", file=sys.stderr)
-    # Stop cleanly (and so stop the embedded Redis) on SIGTERM and SIGHUP (a closed
-    # terminal) as on Ctrl-C.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    # Stop cleanly (and so stop the embedded Redis) on SIGTERM as on Ctrl-C; a closed
+    # terminal (SIGHUP) is a SIGTERM, which uvicorn turns into its orderly shutdown.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
     try:
         uvicorn.run("broker.app:create_app", factory=True, host=args.host, port=args.port,
                     workers=args.workers, log_level=args.log_level, access_log=False,
@@ -106,7 +106,13 @@ def _sidecar(args: argparse.Namespace) -> int:
                           settings.stream_maxlen, settings.sidecar_interval_ms / 1000)
         try:
             if args.once:
-                print(await sidecar.cycle())
+                if not await sidecar.lead():
+                    print("dni: another sidecar leads: it does the passes", file=sys.stderr)
+                    return
+                try:
+                    print(await sidecar.cycle())
+                finally:  # the running sidecars need not wait for the lease to run out
+                    await sidecar.release()
             else:
                 loop = asyncio.get_running_loop()
                 loop.add_signal_handler(signal.SIGTERM, sidecar.stop)

@@ -192,6 +192,10 @@ class Sidecar:
                 await asyncio.wait_for(self._stop.wait(), self.interval_s)
             except asyncio.TimeoutError:
                 pass
+        await self.release()
+
+    async def release(self) -> None:
+        """Give the leader lease up (if this sidecar holds it)."""
         try:
             await self.redis.evalsha(self.scripts["unlock"], [self.keys.sidecar_leader()],
                                      [self.me])

@@ -179,3 +179,15 @@ def test_a_bad_port_is_a_usage_error_not_a_traceback():
                               capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert "error: argument" in proc.stderr.splitlines()[-1]
+
+
+def test_a_closed_terminal_shuts_the_broker_down_in_order(redis_server):
+    """SIGHUP (the terminal went away) is an orderly shutdown, as SIGTERM is: the
+    application's shutdown runs (the sidecar gives its lease up), no traceback."""
+    from tests.conftest import BrokerProcess
+
+    b = BrokerProcess(redis_server, env={"DNI_SIDECAR": "1"}).start()
+    b.proc.send_signal(signal.SIGHUP)
+    assert b.proc.wait(20) == 0
+    log = b.log()
+    assert "Traceback" not in log and "CancelledError" not in log, log

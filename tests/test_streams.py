@@ -291,3 +291,16 @@ def test_a_pass_longer_than_the_lease_keeps_it_and_copies_once(redis_server, r: 
     asyncio.run(run())
     ids = [f[b"session_id"].decode() for _, f in r.xrange(keys.sessions_stream())]
     assert ids == [f"s{i:04d}" for i in range(640)]
+
+
+def test_sidecar_once_leaves_the_lease_free_and_yields_to_a_leader(own_redis):
+    url, r = own_redis  # no other broker's sidecar leads here
+    env = dict(os.environ, DNI_REDIS_URL=url)
+    once = [sys.executable, "-m", "broker.cli", "sidecar", "--once"]
+    done = subprocess.run(once, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not r.exists("dni:sidecar:leader")  # given back: the running sidecars go on
+    r.set("dni:sidecar:leader", "someone-else", px=10_000)
+    other = subprocess.run(once, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert other.returncode == 0 and "another sidecar leads" in other.stderr
+    assert "Traceback" not in other.stderr
