@@ -185,13 +185,16 @@
 
   const link = (a) => {
     const v = a.getAttribute("href");
-    const end = v.search(/[?;#]|$/); // the number part: before ?body=..., ;ext=...
-    let head = v.slice(0, end);
-    try { // tel:+1%20555%20010%200000 is the same number (site builders encode spaces)
-      head = decodeURIComponent(head);
-    } catch (e) {}
-    const r = rewrite(head, a, mine.has(a));
-    if (r != head) a.setAttribute("href", r + v.slice(end)), mine.add(a);
+    const ours = mine.has(a);
+    let r = rewrite(v, a, ours);
+    if (r == v) {
+      // tel:+1%20555%20010%200000 (site builders encode spaces): matched with spaces,
+      // written back encoded; nothing else in the link is decoded
+      const spaced = v.replace(/%20/g, " ");
+      r = rewrite(spaced, a, ours);
+      r = r == spaced ? v : r.replace(/ /g, "%20");
+    }
+    if (r != v) a.setAttribute("href", r), mine.add(a);
   };
 
   // Scan one subtree (a text node, an element, or the whole document).
@@ -224,6 +227,7 @@
   };
 
   const session = (p) => {
+    if (lapsed(hiddenAt)) return; // a retry in a tab left in the background: not now
     // Counts the requests: only the answer to the latest one is used (after consent the
     // visitor can change while a request for the page view's visitor is on its way).
     const n = p.asked = (p.asked || 0) + 1;

@@ -524,11 +524,18 @@ def test_encoded_links_long_emoji_tags_and_the_queue_after_load(
     """A tel: link with %20 for spaces is swapped like its text; an emoji tag cut at the
     length limit still makes a valid request; dni.push() works once the snippet runs."""
     url = fresh_site.page("/encoded", '<a id="a" href="tel:+1%20555%20010%200000">'
-                          '+1 555 010 0000</a>', tag(js(broker), pool["id"]))
+                          '+1 555 010 0000</a>'
+                          '<a id="b" href="sms:+15550100000&body=Price%3F%20A%20%26%20B%20%23deal">'
+                          'text</a><a id="c" href="tel:+15550100000,,1234%23">ext</a>',
+                          tag(js(broker), pool["id"]))
     page = visitor.new_page()
     page.goto(url + "?utm_source=fb&utm_content=" + "%F0%9F%98%80" * 600)
     expect(page.locator("#a")).to_have_text("+1 555 010 0007")
-    expect(page.locator("#a")).to_have_attribute("href", "tel:+1 555 010 0007")
+    expect(page.locator("#a")).to_have_attribute("href", "tel:+1%20555%20010%200007")
+    # only the number changes: the rest of the link keeps its encoding
+    expect(page.locator("#b")).to_have_attribute(
+        "href", "sms:+15550100007&body=Price%3F%20A%20%26%20B%20%23deal")
+    expect(page.locator("#c")).to_have_attribute("href", "tel:+15550100007,,1234%23")
     (body,) = visitor.posts("/v1/dni/session", 1)
     assert body["utm_content"] == "\U0001F600" * 512
     page.evaluate("(window.dni = window.dni || []).push('swap')")  # no error: queue API
