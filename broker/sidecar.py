@@ -128,7 +128,18 @@ class Sidecar:
         excess = length - self.maxlen
         if excess <= 0:
             return
-        last_dropped = (await self.redis.execute("XRANGE", stream, "-", "+", "COUNT", excess))[-1][0]
+        # the id of the last entry the trim drops, read a page at a time (after a long
+        # stop the excess can be as long as the retention itself)
+        last_dropped, start, left = None, "-", excess
+        while left > 0:
+            page = await self.redis.execute("XRANGE", stream, start, "+", "COUNT",
+                                            min(left, 1000))
+            if not page:
+                break
+            last_dropped, left = page[-1][0], left - len(page)
+            start = "(" + _s(last_dropped)
+        if last_dropped is None:
+            return
         try:
             groups = await self.redis.execute("XINFO", "GROUPS", stream)
         except Exception:  # noqa: BLE001 - no groups yet
