@@ -19,14 +19,19 @@ from broker.scripts import load_scripts
 from tests.conftest import numbers
 
 
-async def _delete_while_adding(url: str, added_per_removal: int) -> dict:
-    """Create a 3-number pool with a live session, then delete it while every number
-    removal is followed by `added_per_removal` new numbers added through the admin path."""
+async def _services(url: str) -> tuple[PipelinedRedis, Engine, Pools]:
+    """The broker's engine and pool service in this process, on a real Redis."""
     conn = PipelinedRedis(url)
     scripts = load_scripts()
     await conn.load_scripts(list(scripts.values()))
     engine = Engine(conn, Keys(), scripts)
-    pools = Pools(engine, "US", 1800, 60)
+    return conn, engine, Pools(engine, "US", 1800, 60)
+
+
+async def _delete_while_adding(url: str, added_per_removal: int) -> dict:
+    """Create a 3-number pool with a live session, then delete it while every number
+    removal is followed by `added_per_removal` new numbers added through the admin path."""
+    conn, engine, pools = await _services(url)
     try:
         pool = await pools.create(PoolCreate(name="busy", numbers=numbers(3)))
         pool_id = pool["id"]
@@ -82,11 +87,7 @@ def test_delete_succeeds_when_numbers_stop_arriving(redis_server, r):
 
 async def _race(url: str, *steps: str) -> dict:
     """Run admin changes on one pool (and a second pool q) at the same time."""
-    conn = PipelinedRedis(url)
-    scripts = load_scripts()
-    await conn.load_scripts(list(scripts.values()))
-    engine = Engine(conn, Keys(), scripts)
-    pools = Pools(engine, "US", 1800, 60)
+    conn, engine, pools = await _services(url)
     try:
         p = await pools.create(PoolCreate(name="p", numbers=numbers(2),
                                           target_number="+15550190000"))

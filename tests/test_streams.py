@@ -185,20 +185,35 @@ def test_several_sidecars_elect_one_leader(redis_server, r: redis.Redis):
     assert votes == [True, False, False, True, False, False]
 
 
+async def _with_pools(url: str, *pool_ids: str) -> tuple[PipelinedRedis, dict]:
+    """A client with the scripts loaded, and bare pools the sidecar walks."""
+    keys = Keys("dni")
+    client = PipelinedRedis(url)
+    scripts = load_scripts()
+    await client.load_scripts(list(scripts.values()))
+    for pool_id in pool_ids:
+        await client.evalsha(scripts["create_pool"], [keys.pool(pool_id), keys.numbers(pool_id)],
+                             [1, "ttl_ms", 60000])
+        await client.execute("SADD", keys.pool_index(), pool_id)
+    return client, scripts
+
+
+def _started(r: redis.Redis, pool_id: str, count: int, fmt: str = "s{}") -> None:
+    """`count` session.started entries in the pool's outbox."""
+    for i in range(count):
+        r.xadd(Keys("dni").outbox(pool_id), {"event": "session.started", "pool_id": pool_id,
+                                             "session_id": fmt.format(i),
+                                             "source": b"\nua\n{}"})
+
+
 def test_an_undecodable_or_failing_pool_does_not_stop_the_sidecar(redis_server, r: redis.Redis):
     """An outbox entry that is not UTF-8 is copied with replacement characters, and a
     pool whose step fails is logged and skipped: the other pools' entries still move."""
     keys = Keys("dni")
 
     async def run() -> dict:
-        client = PipelinedRedis(redis_server)
-        scripts = load_scripts()
-        await client.load_scripts(list(scripts.values()))
+        client, scripts = await _with_pools(redis_server, "a", "b", "c")
         car = Sidecar(client, keys, scripts)
-        for pool_id in ("a", "b", "c"):
-            await client.evalsha(scripts["create_pool"], [keys.pool(pool_id),
-                                 keys.numbers(pool_id)], [1, "ttl_ms", 60000])
-            await client.execute("SADD", keys.pool_index(), pool_id)
         r.xadd(keys.outbox("a"), {"event": "session.started", "pool_id": "a",
                                   "source": b"203.0.113.7\nMozilla \xff\xfe\n{}"})
         r.set(keys.outbox("b"), "not a stream")  # XRANGE on it fails
@@ -223,17 +238,10 @@ def test_copying_past_the_retention_warns_about_unread_entries(redis_server, r: 
     r.xgroup_create(keys.sessions_stream(), "slow", id="0", mkstream=True)
     # 450 entries, retention 200: more than a stream node (100 entries) over it, which
     # an approximate trim at write time would drop unseen
-    for i in range(450):
-        r.xadd(keys.outbox("a"), {"event": "session.started", "pool_id": "a",
-                                  "session_id": f"s{i}", "source": b"\nua\n{}"})
+    _started(r, "a", 450)
 
     async def run() -> dict:
-        client = PipelinedRedis(redis_server)
-        scripts = load_scripts()
-        await client.load_scripts(list(scripts.values()))
-        await client.evalsha(scripts["create_pool"], [keys.pool("a"), keys.numbers("a")],
-                             [1, "ttl_ms", 60000])
-        await client.execute("SADD", keys.pool_index(), "a")
+        client, scripts = await _with_pools(redis_server, "a")
         done = await Sidecar(client, keys, scripts, maxlen=200).cycle()
         await client.close()
         return done
@@ -248,17 +256,10 @@ def test_a_pass_longer_than_the_lease_keeps_it_and_copies_once(redis_server, r: 
     """A sidecar whose pass outlasts its leader lease renews it as it goes, so a second
     sidecar never copies the same outbox alongside: every entry once, in order."""
     keys = Keys("dni")
-    for i in range(640):
-        r.xadd(keys.outbox("a"), {"event": "session.started", "pool_id": "a",
-                                  "session_id": f"s{i:04d}", "source": b"\nua\n{}"})
+    _started(r, "a", 640, "s{:04d}")
 
     async def run() -> None:
-        client = PipelinedRedis(redis_server)
-        scripts = load_scripts()
-        await client.load_scripts(list(scripts.values()))
-        await client.evalsha(scripts["create_pool"], [keys.pool("a"), keys.numbers("a")],
-                             [1, "ttl_ms", 60000])
-        await client.execute("SADD", keys.pool_index(), "a")
+        client, scripts = await _with_pools(redis_server, "a")
         slow, fast = (Sidecar(client, keys, scripts, lease_ms=300) for _ in range(2))
         copy = slow.copy_outbox
 
