@@ -146,6 +146,12 @@ class Engine:
             raise PoolNotFound(pool_id)
         return HeartbeatResult(status, _s(number) or None, expires_at or None)
 
+    async def create_pool(self, pool_id: str, fields: list[str], numbers: list[str]) -> bool:
+        """The pool's settings (field, value pairs) and first numbers; False if it exists."""
+        k = self.keys
+        return bool(await self._run("create_pool", [k.pool(pool_id), k.numbers(pool_id)],
+                                    [len(fields) // 2, *fields, *numbers]))
+
     async def add_numbers(self, pool_id: str, numbers: list[str]) -> int:
         k = self.keys
         added = await self._run("add_numbers", [k.pool(pool_id), k.numbers(pool_id),

@@ -182,9 +182,7 @@ class Pools:
                 await release_all(provider, bought)
             raise
         flat = [x for pair in fields.items() for x in pair]
-        keys = [self.keys.pool(pool_id), self.keys.numbers(pool_id)]
-        if not await self.redis.evalsha(self.engine.scripts["create_pool"], keys,
-                                        [len(fields), *flat, *numbers], resend=False):
+        if not await self.engine.create_pool(pool_id, flat, numbers):
             raise RuntimeError(f"pool id {pool_id} exists already")
         await self._set_flows(pool_id, numbers, fields["call_flow"])
         await self.redis.execute("SADD", self.keys.pool_index(), pool_id)
