@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -107,6 +108,34 @@ class Broker:
         self.close()
 
 
+def cpu_seconds(root_pid: int) -> dict[str, float]:
+    """CPU time (user + system, seconds) used so far by a process and its descendants,
+    summed by command name (`python`, `redis-server`...). Linux /proc only; {} elsewhere."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, str, float]] = {}  # pid -> (ppid, name, cpu s)
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
+        procs[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    out: dict[str, float] = {}
+    todo = [root_pid] if root_pid in procs else []
+    while todo:
+        pid = todo.pop()
+        _, name, cpu = procs[pid]
+        out[name] = out.get(name, 0.0) + cpu
+        todo.extend(children.get(pid, ()))
+    return out
+
+
 def run_wrk(url: str, duration: float, connections: int = 64, threads: int = 2,
             script: str | None = None, env: dict[str, str] | None = None) -> dict:
     """Run wrk once; return requests/s, non-2xx count and latency percentiles (ms)."""
@@ -115,12 +144,15 @@ def run_wrk(url: str, duration: float, connections: int = 64, threads: int = 2,
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(round(duration))}s", "--latency", url]
     if script:
         cmd[1:1] = ["-s", script]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, env=dict(os.environ, **(env or {})), capture_output=True,
                          text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     total = int(re.search(r"(\d+) requests in", out).group(1))
-    return {"rps": rps, "requests": total, "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+    return {"rps": rps, "requests": total, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "wrk_cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
 
 
 class LocalRedis:

@@ -19,9 +19,23 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from .common import HERE, Broker, dump, metadata, run_wrk
+from .common import HERE, Broker, cpu_seconds, dump, metadata, run_wrk
 
 WRK_SCRIPT = str(HERE / "wrk_session.lua")
+
+
+def cpu_per_request(broker: Broker, run: dict, before: dict[str, float]) -> dict[str, float]:
+    """Microseconds of CPU per answered request during `run`, by process: the broker's
+    Python processes, its embedded redis-server (absent with --redis-url), and wrk."""
+    used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds(broker.proc.pid).items()}
+    redis = sum(v for k, v in used.items() if k.startswith("redis"))
+    n = max(run["requests"], 1)
+    return {"broker": round((sum(used.values()) - redis) / n * 1e6, 1),
+            "redis": round(redis / n * 1e6, 1), "wrk": round(run["wrk_cpu_s"] / n * 1e6, 1)}
+
+
+def _cpu(run: dict) -> str:
+    return " / ".join(f"{x:.1f}" for x in run["cpu_us_per_request"].values())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -40,12 +54,18 @@ def main(argv: list[str] | None = None) -> dict:
     with Broker(args.workers, args.redis_url) as broker:
         run_wrk(broker.url + "/healthz", 2, args.connections)  # warm-up
         for i in range(args.rounds):
+            before = cpu_seconds(broker.proc.pid)
             b = run_wrk(broker.url + "/bench/constant", args.duration, args.connections)
+            b["cpu_us_per_request"] = cpu_per_request(broker, b, before)
+            before = cpu_seconds(broker.proc.pid)
             c = run_wrk(broker.url + "/healthz", args.duration, args.connections)
+            c["cpu_us_per_request"] = cpu_per_request(broker, c, before)
             pool_id = broker.create_pool(args.pool_size)
+            before = cpu_seconds(broker.proc.pid)
             s = run_wrk(broker.url + "/v1/dni/session", args.duration, args.connections,
                         script=WRK_SCRIPT,
                         env={"DNI_POOL": pool_id, "DNI_NEW_SHARE": str(args.new_share)})
+            s["cpu_us_per_request"] = cpu_per_request(broker, s, before)
             st = broker.stats(pool_id)
             assert not (s["non_2xx"] or b["non_2xx"] or c["non_2xx"]), (b, c, s)
             const.append(c["rps"])
@@ -57,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"  session {s['rps']:7.0f} req/s   ratios {s['rps'] / b['rps']:.3f} /"
                   f" {s['rps'] / c['rps']:.3f}   (new visitors: {st['active_sessions']} of"
                   f" {s['requests']} requests)", flush=True)
+            print(f"         CPU us per request (broker / redis / wrk): bare-starlette "
+                  f"{_cpu(b)}   healthz {_cpu(c)}   session {_cpu(s)}", flush=True)
         meta = metadata(broker.redis_url)
     result = {
         "target": "POST /v1/dni/session >= 0.6x a constant-body endpoint of the same server",
@@ -66,6 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
         "session_rps_median": statistics.median(session),
         "ratio_vs_bare_starlette": statistics.median(s / b for s, b in zip(session, bare)),
         "ratio_vs_healthz": statistics.median(s / c for s, c in zip(session, const)),
+        "cpu_us_per_request_median": {
+            name: {who: statistics.median(o[name]["cpu_us_per_request"][who] for o in outcomes)
+                   for who in ("broker", "redis", "wrk")}
+            for name in ("bare_starlette_constant", "healthz", "session")},
         "rounds": outcomes,
         "meta": meta,
     }

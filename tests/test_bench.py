@@ -5,6 +5,7 @@ detected. No timing is asserted (the machine is shared)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -145,3 +146,29 @@ def test_dni_bench_is_a_dni_subcommand():
     out = subprocess.run([sys.executable, "-m", "broker.cli", "bench", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "naive" in out.stdout and "edge" in out.stdout
+
+
+def test_cpu_seconds_counts_a_process_tree_by_name(tmp_path):
+    """edge-ratio's CPU-per-request figures: a child's CPU time is found under its name,
+    and a process outside the tree is not counted."""
+    from bench.common import cpu_seconds
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\n" \
+           "open(__import__('sys').argv[1], 'w').close()\ntime.sleep(30)"
+    done = tmp_path / "burnt"
+    child = subprocess.Popen(["sleep", "30"])
+    burner = subprocess.Popen([sys.executable, "-c", burn, str(done)])
+    try:
+        while not done.exists():
+            assert burner.poll() is None
+        mine = cpu_seconds(os.getpid())
+        assert mine.get("sleep", -1) >= 0.0
+        # our own tree holds the burner: its 0.5 s are there (clock ticks: allow 0.1 s)
+        assert mine.get("python", 0) + mine.get(Path(sys.executable).name, 0) >= 0.4
+        alone = cpu_seconds(child.pid)
+        assert list(alone) == ["sleep"] and alone["sleep"] < 0.1
+        assert cpu_seconds(2 ** 22 + 7) == {}  # no such process
+    finally:
+        for p in (child, burner):
+            p.kill()
+            p.wait()
