@@ -63,7 +63,9 @@ async def readyz(request: Request) -> Response:
     except asyncio.TimeoutError:
         return error_response(503, "not_ready", "Redis is not answering (timed out)")
     except (RedisUnavailable, RedisError, OSError) as exc:
-        return error_response(503, "not_ready", f"Redis is not answering: {exc}")
+        # the details (addresses, Redis's own words) go to the log, not to the public
+        log.warning("not ready: %s", exc)
+        return error_response(503, "not_ready", "Redis is not answering")
     return json_response(b'{"status":"ready"}')
 
 

@@ -18,6 +18,7 @@ import orjson
 import redis
 
 from .keys import Keys
+from .redisconn import redact_url
 
 
 def _s(v: Any) -> str:
@@ -179,6 +180,6 @@ def run_tail(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except redis.exceptions.ConnectionError as exc:
-        print(f"dni: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+        print(f"dni: cannot reach Redis at {redact_url(url)}: {exc}", file=sys.stderr)
         return 2
     return 0

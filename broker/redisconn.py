@@ -62,6 +62,15 @@ def parse_redis_url(url: str) -> dict[str, Any]:
     return opts
 
 
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    u = urlsplit(url)
+    if u.password is None:
+        return url
+    user = (u.username or "") + ":***@"
+    return u._replace(netloc=user + u.netloc.rsplit("@", 1)[1]).geturl()
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, stall_s: float = 0.0) -> None:
         self.reader = hiredis.Reader(replyError=RedisError)
@@ -191,7 +200,8 @@ class PipelinedRedis:
                 return proto
             except (OSError, RedisError) as exc:
                 if time.monotonic() + delay > deadline:
-                    raise RedisUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+                    raise RedisUnavailable(
+                        f"cannot reach Redis at {redact_url(self.url)}: {exc}") from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 

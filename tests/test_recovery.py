@@ -91,8 +91,9 @@ def test_redis_restart_mid_run_costs_no_request():
 
 
 def test_readyz_is_503_when_redis_is_down():
+    """...and the public answer and the log never show the Redis password."""
     port = free_port()  # nothing listens there
-    broker = BrokerProcess(f"redis://127.0.0.1:{port}/0")
+    broker = BrokerProcess(f"redis://default:s3cret-pw@127.0.0.1:{port}/0")
     broker.env["DNI_REDIS_RETRY_MS"] = "200"
     with open(broker.log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "serve", "--port",
@@ -113,8 +114,11 @@ def test_readyz_is_503_when_redis_is_down():
         res = httpx.post(broker.url + "/v1/dni/session", timeout=10,
                          json={"pool_id": "p", "visitor_id": "v"})
         assert res.status_code == 503 and res.json()["error"]["code"] == "redis_unavailable"
+        assert "s3cret" not in ready.text + res.text
     finally:
         stop(proc)
+    log_text = broker.log()
+    assert f"127.0.0.1:{port}" in log_text and "s3cret" not in log_text, log_text
 
 
 def test_a_redis_that_stops_answering_is_503_not_a_hang():
