@@ -29,13 +29,18 @@ def is_bot(user_agent: bytes) -> bool:
 
 def source_of(scope: Scope, body: bytes, ip: str) -> bytes:
     """The session's source: the visitor's IP (`client_ip`, stored as DNI_IP_MODE says),
-    user agent and the page's attribution (only the fields given are kept)."""
+    user agent and the page's attribution (only the fields given are kept; the landing
+    page without its #fragment)."""
     ip = scope["app"].state.ip_policy.apply(ip) if ip else ""
     ua = header(scope, b"user-agent") or b""
     if len(ua) > MAX_USER_AGENT or not ua.isascii():
         # cut on a character, never inside one, and keep the stored source valid UTF-8
         ua = ua.decode("utf-8", "replace")[:MAX_USER_AGENT].encode()
-    return pack(ip, ua, encoder.encode(decode(body, Attribution)))
+    attribution = decode(body, Attribution)
+    page = attribution.landing_page
+    if page and "#" in page:  # a fragment can carry tokens (magic links) and is no source
+        attribution.landing_page = page.split("#", 1)[0]
+    return pack(ip, ua, encoder.encode(attribution))
 
 
 def client_ip(scope: Scope) -> str:

@@ -106,6 +106,19 @@ def test_user_agents_are_stored_as_valid_utf8_cut_on_a_character(http, make_pool
     assert uas["after"] == UA and after["session_id"] in started
 
 
+def test_the_landing_page_is_kept_without_its_fragment(http, admin, make_pool, r):
+    """A #fragment (a magic link's token, say) is not stored, streamed or answered."""
+    pool = make_pool(2)
+    page = "https://shop.example/welcome?utm_source=mail#access_token=s3cret&x=1"
+    s = start_session(http, pool["id"], "v-frag", landing_page=page)
+    call = post_call(admin, s["number"], "CA-frag")
+    assert call["attribution"]["landing_page"] == "https://shop.example/welcome?utm_source=mail"
+    (e,) = wait_for(lambda: [e for e in entries(r, "dni:sessions") if e["event"] ==
+                             "session.started" and e["pool_id"] == pool["id"]])
+    assert e["landing_page"] == "https://shop.example/welcome?utm_source=mail"
+    assert "s3cret" not in str(entries(r, "dni:calls"))
+
+
 def test_returning_visitor_keeps_first_touch(http, admin, make_pool, r):
     pool = make_pool(2)
     s = start_session(http, pool["id"], "v", utm_source="google")
