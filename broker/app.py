@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 from typing import AsyncIterator
 
 import orjson
@@ -17,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope
 
 from . import admin, calls, edge, openapi, snippet, streams
+from .embedded import die_with
 from .engine import Engine, PoolNotFound
 from .errors import ApiError, error_response
 from .http import Endpoint, json_response
@@ -99,6 +101,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     if not settings.redis_url:
         raise SystemExit("DNI_REDIS_URL is not set (dni serve starts an embedded Redis)")
+    supervisor = os.environ.get("DNI_SUPERVISOR_PID")
+    if supervisor:  # a worker of `dni serve --workers N`: it goes when its supervisor goes
+        die_with(int(supervisor))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

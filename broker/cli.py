@@ -68,11 +68,20 @@ def _serve(args: argparse.Namespace) -> int:
     # terminal (SIGHUP) is a SIGTERM, which uvicorn turns into its orderly shutdown.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    if args.workers > 1:
+        # the workers stop when this process goes, even when it is killed (app.py), and a
+        # closed terminal stops the broker as with one worker: uvicorn's supervisor would
+        # restart the workers on SIGHUP
+        os.environ["DNI_SUPERVISOR_PID"] = str(os.getpid())
+        from uvicorn.supervisors import Multiprocess
+
+        if hasattr(Multiprocess, "handle_hup"):  # uvicorn >= 0.30
+            Multiprocess.handle_hup = Multiprocess.handle_term  # type: ignore[method-assign]
     try:
         uvicorn.run("broker.app:create_app", factory=True, host=args.host, port=args.port,
                     workers=args.workers, log_level=args.log_level, access_log=False,
                     server_header=False,
-                    # X-Forwarded-For / Forwarded are honoured only from these addresses.
+                    # X-Forwarded-For is honoured only from these addresses.
                     proxy_headers=bool(settings.trusted_proxies),
                     forwarded_allow_ips=settings.trusted_proxies or None)
     except KeyboardInterrupt:

@@ -56,6 +56,14 @@ def _die_with_parent() -> None:
         _prctl(1, signal.SIGTERM)
 
 
+def die_with(parent: int) -> None:
+    """In a running child of `parent`: SIGTERM when the parent dies; exit at once if it
+    died already (before the signal was asked for)."""
+    _die_with_parent()
+    if os.getppid() != parent:
+        raise SystemExit(f"dni: the process that started this worker ({parent}) is gone")
+
+
 class EmbeddedRedis:
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = Path(data_dir).resolve()

@@ -191,3 +191,45 @@ def test_a_closed_terminal_shuts_the_broker_down_in_order(redis_server):
     assert b.proc.wait(20) == 0
     log = b.log()
     assert "Traceback" not in log and "CancelledError" not in log, log
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL])
+def test_the_workers_go_with_their_broker(redis_server, sig):
+    """`--workers 2`: a closed terminal stops the broker (uvicorn's supervisor would
+    restart the workers), and workers do not outlive a killed broker, holding its port."""
+    from tests.conftest import BrokerProcess
+
+    b = BrokerProcess(redis_server, workers=2).start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(workers := [p for p in _children(b.proc.pid)
+                              if "multiprocessing.spawn" in
+                              Path(f"/proc/{p}/cmdline").read_text()]) < 2:
+            assert time.monotonic() < deadline, _children(b.proc.pid)
+            time.sleep(0.1)
+        b.proc.send_signal(sig)
+        code = b.proc.wait(20)
+        assert code == (0 if sig == signal.SIGHUP else -signal.SIGKILL), b.log()
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in workers):
+            assert time.monotonic() < deadline, (workers, b.log())
+            time.sleep(0.1)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(b.url + "/healthz", timeout=2)
+    finally:
+        for p in _children(b.proc.pid) if b.proc.poll() is None else []:
+            os.kill(p, signal.SIGKILL)
+        b.stop()
