@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import os
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import orjson
 from starlette.applications import Starlette
@@ -23,6 +23,7 @@ from .engine import Engine, PoolNotFound
 from .errors import ApiError, error_response
 from .http import Endpoint, json_response
 from .keys import Keys
+from .logs import Throttled
 from .pools import Pools
 from .providers import providers_from
 from .stats import Counts, flush, flusher
@@ -80,9 +81,29 @@ async def _pool_not_found(request: Request, exc: Exception) -> Response:
     return error_response(404, "pool_not_found", str(exc))
 
 
+_outage_log = Throttled(log)
+# error replies of a Redis that cannot serve now (a replica, a wrong password...)
+_NOT_SERVING = ("READONLY", "NOAUTH", "WRONGPASS", "NOPERM", "MASTERDOWN", "LOADING",
+                "CLUSTERDOWN", "TRYAGAIN", "MISCONF", "BUSY")
+
+
 async def _redis_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("redis unavailable: %s", exc)
+    _outage_log.warn("redis unavailable: %s", exc)
     return error_response(503, "redis_unavailable", "the session store is not reachable")
+
+
+async def _redis_error(request: Request, exc: Exception) -> Response:
+    """Redis answered an error: out of memory (writes refused until memory is freed) or
+    not serving are 503s, logged once in a while; anything else is a bug (500)."""
+    text = str(exc)
+    if text.startswith("OOM"):
+        _outage_log.warn("redis is out of memory (maxmemory): %s", text)
+        return error_response(503, "redis_full", "the session store is full; try again later")
+    if text.startswith(_NOT_SERVING):
+        _outage_log.warn("redis is not serving: %s", text)
+        return error_response(503, "redis_unavailable", "the session store is not serving")
+    log.error("redis error on %s %s: %s", request.method, request.url.path, text)
+    return error_response(500, "internal", "the broker failed to answer; it has been logged")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -95,6 +116,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _internal(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal", "the broker failed to answer; it has been logged")
+
+
+async def _warn_if_evicting(redis: Any) -> None:
+    """A Redis that evicts keys drops pools, numbers and sessions without a word: say so
+    at start-up (the embedded Redis and the compose file run `noeviction`)."""
+    info = await redis.execute("INFO", "memory")
+    text = info.decode() if isinstance(info, bytes) else ""  # a cluster: one dict per node
+    for line in text.splitlines():
+        if line.startswith("maxmemory_policy:"):
+            policy = line.split(":", 1)[1].strip()
+            if policy != "noeviction":
+                log.warning("Redis's maxmemory-policy is %s: at its maxmemory it will delete "
+                            "pools, numbers and sessions; set maxmemory-policy noeviction",
+                            policy)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -121,7 +156,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.counts = counts = Counts()  # answer counts, flushed to Redis (stats.py)
         try:
             await redis.load_scripts(list(scripts.values()))
-        except (RedisUnavailable, OSError) as exc:
+            await _warn_if_evicting(redis)
+        except (RedisUnavailable, RedisError, OSError) as exc:
             log.warning("Redis not reachable at start-up (%s); /readyz will say 503", exc)
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # GC's work, and collect the young generation less often. Requests allocate many
@@ -160,6 +196,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ApiError: _api_error,
             PoolNotFound: _pool_not_found,
             RedisUnavailable: _redis_unavailable,
+            RedisError: _redis_error,
             HTTPException: _http_error,
             Exception: _internal,
         },

@@ -57,7 +57,7 @@ ERROR_CODES = {
     "429": "rate_limited (with Retry-After)",
     "500": "internal",
     "502": "provider_error",
-    "503": "redis_unavailable, not_ready, snippet_missing",
+    "503": "redis_unavailable, redis_full, not_ready, snippet_missing",
 }
 SESSION_STATUSES = ["new", "reused", "fallback", "unavailable", "excluded"]
 HEARTBEAT_STATUSES = ["alive", "expired"]

@@ -22,7 +22,7 @@ from .models import Buy, NumbersAdd, PoolCreate, PoolUpdate
 from .phone import InvalidNumber, normalize
 from .providers import (NotEnoughNumbers, Provider, ProviderError, buy_numbers,
                         release_all)
-from .redisconn import RedisUnavailable
+from .redisconn import RedisError, RedisUnavailable
 
 # Pool hash field -> public name. ttl_ms and fallback are read by the scripts.
 _PUBLIC = {"name": "name", "website_url": "website_url", "target_number": "target_number",
@@ -169,6 +169,7 @@ class Pools:
             raise _in_use(exc) from None
         pool_id = secrets.token_hex(8)  # 64 random bits: never seen twice
         provider, bought = None, []
+        claimed: list[str] = []
         try:
             provider, bought = await self._buy(req.buy, fields["call_flow"])
             numbers += [n for n in bought if n not in numbers]
@@ -176,14 +177,28 @@ class Pools:
                 await self.engine.claim_numbers(pool_id, numbers)
             except NumberInUse as exc:
                 raise _in_use(exc) from None
-        except BaseException:
-            await self.engine.fix_numbers([], fixed)
-            if provider is not None:
-                await release_all(provider, bought)
+            claimed = numbers
+            flat = [x for pair in fields.items() for x in pair]
+            try:
+                created = await self.engine.create_pool(pool_id, flat, numbers)
+            except RedisUnavailable:
+                # it may have run: the pool may own the claims, the counts and the numbers
+                # bought, so nothing is undone (the error says it may or may not exist)
+                provider = None
+                claimed = fixed = []
+                raise
+            if not created:
+                raise RuntimeError(f"pool id {pool_id} exists already")
+        except BaseException:  # refused (a number in use, Redis out of memory...): undo
+            try:
+                if claimed:
+                    await self.engine.release_numbers(pool_id, claimed)
+                if fixed:
+                    await self.engine.fix_numbers([], fixed)
+            finally:
+                if provider is not None:
+                    await release_all(provider, bought)
             raise
-        flat = [x for pair in fields.items() for x in pair]
-        if not await self.engine.create_pool(pool_id, flat, numbers):
-            raise RuntimeError(f"pool id {pool_id} exists already")
         await self._set_flows(pool_id, numbers, fields["call_flow"])
         await self.redis.execute("SADD", self.keys.pool_index(), pool_id)
         await self._set_backup(pool_id, None, fields["fallback"])
@@ -333,7 +348,7 @@ class Pools:
             raise _in_use(exc) from None
         try:
             added = await self.engine.add_numbers(pool_id, numbers)
-        except PoolNotFound:
+        except (PoolNotFound, RedisError):  # gone, or refused (out of memory): not added
             await self.engine.release_numbers(pool_id, numbers)
             raise
         await self._set_flows(pool_id, numbers, call_flow)

@@ -33,7 +33,12 @@ class RedisUnavailable(ConnectionError):
 
 
 class ConnectionLost(RedisUnavailable):
-    """The connection dropped with this command in flight (Redis restarting, say)."""
+    """The connection dropped with this command in flight (Redis restarting, say), or
+    was dropped because Redis answered nothing for the whole retry budget (`stalled`)."""
+
+    def __init__(self, message: str, stalled: bool = False) -> None:
+        super().__init__(message)
+        self.stalled = stalled
 
 
 # Error replies of a Redis that is up but cannot serve yet: starting (loading its AOF or
@@ -87,6 +92,7 @@ class _Protocol(asyncio.Protocol):
         self.stall_s = stall_s
         self.last_reply = 0.0
         self.watchdog: asyncio.TimerHandle | None = None
+        self.stalled = False  # dropped by the watchdog
 
     def send(self, command: bytes, fut: asyncio.Future) -> None:
         if not self.pending:
@@ -114,6 +120,7 @@ class _Protocol(asyncio.Protocol):
             return
         waited = self.loop.time() - self.last_reply
         if waited >= self.stall_s and self.transport is not None:
+            self.stalled = True
             self.transport.abort()  # connection_lost fails the pending commands
             return
         self.watchdog = self.loop.call_later(self.stall_s - waited, self.check_stall)
@@ -143,7 +150,10 @@ class _Protocol(asyncio.Protocol):
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
-        err = ConnectionLost(f"connection to Redis lost: {exc or 'closed'}")
+        if self.stalled:
+            err = ConnectionLost(f"Redis answered nothing for {self.stall_s:g} s", True)
+        else:
+            err = ConnectionLost(f"connection to Redis lost: {exc or 'closed'}")
         self.buf.clear()
         while self.pending:
             fut = self.pending.popleft()
@@ -183,10 +193,15 @@ class PipelinedRedis:
                          else ("AUTH", o["password"]))
         if o["db"]:
             hello.append(("SELECT", str(o["db"])))
-        for cmd in hello:
-            fut = loop.create_future()
-            proto.send(hiredis.pack_command(cmd), fut)  # under the stall watchdog too
-            await fut
+        try:
+            for cmd in hello:
+                fut = loop.create_future()
+                proto.send(hiredis.pack_command(cmd), fut)  # under the stall watchdog too
+                await fut
+        except BaseException:
+            if proto.transport is not None:
+                proto.transport.close()
+            raise
         return proto
 
     async def _connect(self) -> _Protocol:
@@ -198,7 +213,10 @@ class PipelinedRedis:
                 proto = await self._open()
                 self._proto = proto
                 return proto
-            except (OSError, RedisError) as exc:
+            except RedisError as exc:  # AUTH or SELECT refused: waiting will not help
+                raise RedisUnavailable(f"Redis at {redact_url(self.url)} refused the "
+                                       f"connection: {exc}") from None
+            except OSError as exc:
                 if time.monotonic() + delay > deadline:
                     raise RedisUnavailable(
                         f"cannot reach Redis at {redact_url(self.url)}: {exc}") from exc
@@ -232,7 +250,9 @@ class PipelinedRedis:
         second run (`reused`, `alive`), a call posted twice is one call, a count flush has
         its marker. `resend=False` (scripts that must not run twice, like the index counts)
         turns a drop with the command in flight into RedisUnavailable."""
-        deadline = 0.0
+        # the budget counts from the first send: a stalled connection is only given up
+        # after the budget, and what is left of it (nothing) bounds the resends
+        deadline = time.monotonic() + self.retry_s
         while True:
             try:
                 try:
@@ -245,11 +265,10 @@ class PipelinedRedis:
                 if isinstance(exc, ConnectionLost) and not resend:
                     raise RedisUnavailable(f"Redis dropped the connection with {script.name} "
                                            f"in flight; it may or may not have run: {exc}") from exc
-                transient = isinstance(exc, ConnectionLost) or str(exc).startswith(_TRANSIENT)
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self.retry_s
-                if not transient or now >= deadline:
+                lost = isinstance(exc, ConnectionLost)
+                transient = lost or str(exc).startswith(_TRANSIENT)
+                # a stall has used the whole budget already (the watchdog waits that long)
+                if not transient or time.monotonic() >= deadline or (lost and exc.stalled):
                     if transient:
                         raise RedisUnavailable(f"Redis did not recover: {exc}") from exc
                     raise

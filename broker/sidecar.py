@@ -30,6 +30,7 @@ from typing import Any
 
 from .engine import Engine
 from .keys import Keys
+from .logs import Throttled
 from .redisconn import RedisUnavailable
 from .scripts import Script
 from .source import flat
@@ -74,6 +75,7 @@ class Sidecar:
         self.maxlen = maxlen
         self.interval_s = interval_s
         self.me = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._outage = Throttled(log)
         self.lease_ms = lease_ms
         self._renew_at = 0.0
         self._stop = asyncio.Event()
@@ -197,6 +199,8 @@ class Sidecar:
                     await self.cycle()
             except NotLeader:
                 log.info("sidecar %s lost the leader lease during a pass", self.me)
+            except RedisUnavailable as exc:  # an outage: a line now and then, no traceback
+                self._outage.warn("sidecar: %s", exc)
             except Exception:  # noqa: BLE001 - keep running; Redis may come back
                 log.exception("sidecar cycle failed")
             try:

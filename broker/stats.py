@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from .engine import Engine
+from .logs import Throttled
 
 log = logging.getLogger("dni.stats")
 
@@ -74,12 +75,13 @@ async def flush(counts: Counts, engine: Engine) -> None:
 
 async def flusher(counts: Counts, engine: Engine, interval_s: float) -> None:
     """Flush forever; errors are logged (the counts of that interval are lost)."""
+    outage = Throttled(log)
     while True:
         await asyncio.sleep(interval_s)
         try:
             await flush(counts, engine)
-        except Exception as exc:  # Redis away: keep serving, say so
-            log.warning("could not flush answer counts: %s", exc)
+        except Exception as exc:  # Redis away: keep serving, say so (now and then)
+            outage.warn("could not flush answer counts: %s", exc)
 
 
 def beat_s(heartbeat_s: int, session_length_ms: int) -> int:

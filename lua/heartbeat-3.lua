@@ -36,11 +36,14 @@ end
 
 local expires_at = now + tonumber(ttl)
 local beats = tonumber(cur[4] or 0) + 1
-redis.call('HSET', visitor_key, 'h', beats)
--- never earlier than the lease already ends (see session-5.lua)
+-- never earlier than the lease already ends (see session-5.lua). Written first: a Redis
+-- at its maxmemory refuses a script whose first write may grow memory (HSET), and a
+-- heartbeat only rewrites what exists, so live sessions stay alive while Redis is full
+-- (the reuse path of session-5.lua writes in this order too).
 if redis.call('PEXPIREAT', visitor_key, expires_at - 1, 'GT') == 0 then
   expires_at = redis.call('PEXPIRETIME', visitor_key) + 1
 end
+redis.call('HSET', visitor_key, 'h', beats)
 redis.call('HSET', holders_key, cur[2], session_id .. '|' .. visitor_id .. '|' ..
   (cur[3] or now) .. '|' .. expires_at .. '|' .. beats)
 return {'alive', cur[2], expires_at}

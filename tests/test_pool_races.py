@@ -14,7 +14,7 @@ from broker.errors import ApiError
 from broker.keys import Keys
 from broker.models import NumbersAdd, PoolCreate, PoolUpdate
 from broker.pools import Pools
-from broker.redisconn import PipelinedRedis
+from broker.redisconn import PipelinedRedis, RedisError
 from broker.scripts import load_scripts
 from tests.conftest import numbers
 
@@ -153,3 +153,40 @@ def test_a_lock_whose_reply_was_lost_is_recognised_as_ours():
     assert asyncio.run(_take(Dropped(b"tok1"), "k", "tok1")) is True
     assert asyncio.run(_take(Dropped(b"other"), "k", "tok1")) is False
     assert asyncio.run(_take(Dropped(None), "k", "tok1")) is False
+
+
+def test_a_pool_refused_half_way_gives_its_numbers_back(redis_server, r):
+    """Redis refuses the pool itself after its numbers were claimed (out of memory, say):
+    the claims and the target/backup counts are taken back, so the numbers are not stuck
+    with a pool that never existed, and the same pool can be created once Redis accepts."""
+    keys = Keys()
+    req = PoolCreate(name="p", numbers=numbers(3), target_number="+15558880000",
+                     fallback_number="+15558880001")
+
+    async def go() -> None:
+        conn, engine, pools = await _services(redis_server)
+        try:
+            claimed = []
+            claim = engine.claim_numbers
+
+            async def claim_then(pool_id: str, nums: list[str]) -> None:
+                await claim(pool_id, nums)
+                claimed.extend(r.hkeys(keys.number_index()))
+
+            async def refuse(*_: object) -> bool:
+                raise RedisError("OOM command not allowed when used memory > 'maxmemory'.")
+
+            engine.claim_numbers = claim_then  # type: ignore[method-assign]
+            engine.create_pool = refuse  # type: ignore[method-assign]
+            with pytest.raises(RedisError):
+                await pools.create(req)
+            assert len(claimed) == 3  # they were claimed, then given back
+            assert r.hlen(keys.number_index()) == 0 and r.hlen(keys.fixed_index()) == 0
+            del engine.create_pool
+            pool = await pools.create(req)
+            assert sorted(pool["numbers"]) == numbers(3)
+            assert r.hget(keys.fixed_index(), "+15558880000") == b"1"
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
