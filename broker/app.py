@@ -136,6 +136,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     if not settings.redis_url:
         raise SystemExit("DNI_REDIS_URL is not set (dni serve starts an embedded Redis)")
+    if settings.twilio_auth_token and not settings.public_url:
+        log.warning("DNI_TWILIO_AUTH_TOKEN is set without DNI_PUBLIC_URL: webhook signatures "
+                    "are checked against a URL built from the request's Host header")
     supervisor = os.environ.get("DNI_SUPERVISOR_PID")
     if supervisor:  # a worker of `dni serve --workers N`: it goes when its supervisor goes
         die_with(int(supervisor))

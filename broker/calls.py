@@ -98,16 +98,18 @@ async def post_call(request: Request) -> Response:
         to = normalize(call["to"], settings.default_region)
     except InvalidNumber as exc:
         raise ApiError(422, "invalid_number", str(exc)) from None
-    caller = call["from"] or ""
+    raw_caller = call["from"] or ""
     try:
-        caller = normalize(caller, settings.default_region) if caller else ""
-    except InvalidNumber:
-        pass  # anonymous or odd caller ids are kept as given
+        caller = normalize(raw_caller, settings.default_region) if raw_caller else ""
+    except InvalidNumber:  # "Anonymous", "266696687"...: no number, kept as `from_raw`
+        caller = ""
     answer = await attribute(state, to, call["at"], settings.call_grace_s * 1000)
     answer.update({"call_id": call["call_id"], "to": to, "from": caller or None})
     event = "call.attributed" if answer["attributed"] else "call.unattributed"
     entry = {"event": event, "call_id": call["call_id"], "to": to, "from": caller,
              "at": str(answer["at"])}
+    if raw_caller and not caller:
+        answer["from_raw"] = entry["from_raw"] = raw_caller
     for name in ("pool_id", "session_id", "visitor_id", "number", "reason", "match",
                  "started_at"):
         if answer.get(name) is not None:

@@ -165,6 +165,23 @@ def test_unattributed_calls_give_their_reason(http, admin, make_pool, r):
     assert events["CA-backup"]["reason"] == "backup_number"
 
 
+def test_a_caller_id_that_is_no_number_is_null_and_kept_raw(admin, r):
+    """Responses and stream entries carry E.164 numbers only: an anonymous or odd caller
+    id answers `from: null` (stream: empty) and is kept as `from_raw`."""
+    for call_id, given in (("CA-anon", "Anonymous"), ("CA-odd", "266696687"),
+                           ("CA-nat", "(555) 017-7777")):
+        res = admin.post("/v1/calls", json={"to": "+15550155555", "from": given,
+                                            "call_id": call_id})
+        assert res.status_code == 200, res.text
+        if call_id == "CA-nat":
+            assert res.json()["from"] == "+15550177777" and "from_raw" not in res.json()
+        else:
+            assert res.json()["from"] is None and res.json()["from_raw"] == given
+    events = {e["call_id"]: e for e in entries(r, "dni:calls")}
+    assert (events["CA-anon"]["from"], events["CA-anon"]["from_raw"]) == ("", "Anonymous")
+    assert events["CA-nat"]["from"] == "+15550177777" and "from_raw" not in events["CA-nat"]
+
+
 @pytest.mark.parametrize("at", [-1, 18446744073709551615, 9223372036854775807,
                                 253402300800000, "1764210000000", 1.5])
 def test_a_call_time_out_of_range_is_422(admin, at):
