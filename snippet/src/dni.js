@@ -40,6 +40,9 @@
   const beatS = +opt("heartbeat");
   const idleMs = (opt("idle") || 30) * 6e4 || 1 / 0; // data-idle="0": never
   let hiddenAt = d.hidden && Date.now(); // when the tab was last hidden (falsy: shown)
+  // The address the visitor landed on, before the site's own script cleans it up
+  // (history.replaceState without the utm_* tags) while the config is on its way.
+  const href = location.href;
   // Hidden since `at` for longer than data-idle: beats stop (a tab left in the background).
   const lapsed = (at) => at && Date.now() - at > idleMs;
   const hideUntil = Date.now() + Math.min(+opt("hide") || 0, 3000);
@@ -48,7 +51,8 @@
   const TAGS = ["utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
     "gclid", "fbclid", "msclkid"];
   const LINKS = '[href^="tel:" i],[href^="sms:" i]';
-  const SKIP = "[data-dni-noswap],script,style,noscript,textarea";
+  // :read-write: textareas, inputs and contenteditable (what the visitor types stays)
+  const SKIP = "[data-dni-noswap],script,style,noscript,:read-write";
 
   let allowed = !mode; // may the snippet read and write storage?
   let visitor; // visitor id
@@ -85,8 +89,8 @@
   const ident = () => {
     let stored = {};
     const now = Date.now();
-    const params = new URLSearchParams(location.search);
-    const fresh = {landing_page: cut(location.href, 4096)};
+    const params = new URL(href).searchParams;
+    const fresh = {landing_page: cut(href, 4096)};
     let tagged;
     if (d.referrer) fresh.referrer = cut(d.referrer, 4096);
     TAGS.forEach((k) => {
@@ -108,9 +112,11 @@
     // comes back through a tagged link.
     source = !tagged && stored.a && now - stored.t < 18e5 ? stored.a : fresh;
     if (allowed) {
-      try {
+      try { // each on its own: one may throw (a consent tool's cookie guard) and not the other
         d.cookie = "dni_vid=" + visitor + ";path=/;max-age=34560000;samesite=lax" +
           (location.protocol == "https:" ? ";secure" : "");
+      } catch (e) {}
+      try {
         localStorage.setItem(KEY, JSON.stringify({v: visitor, a: source, t: now}));
       } catch (e) {}
     }
@@ -119,10 +125,11 @@
   // ---- finding and writing numbers ---------------------------------------------------
   const digits = (s) => s.replace(/\D/g, "");
 
-  // A number as a pattern: its national digits with up to two separators between any
-  // two of them, after an optional country code (+1, 1-, +1 ) or trunk 0.
+  // A number as a pattern: its national digits with up to two separators (any non-word
+  // characters: also non-breaking hyphens, dashes) between any two of them, after an
+  // optional country code (+1, 1-, +1 ) or trunk 0.
   const pattern = (p, e164) => "(?:\\+?" + p.cc + "[-.\\s]{0,2}|0)?\\(?" +
-    digits(e164).slice(p.cc.length).split("").join("[-.\\s()]{0,2}");
+    digits(e164).slice(p.cc.length).split("").join("\\W{0,2}");
 
   // Write `to` in the format of `match`: the national digits are replaced from the right,
   // so separators, brackets and a country code stay where they were.
@@ -309,7 +316,8 @@
         });
         w.addEventListener("popstate", nav);
         // Back from the back/forward cache: timers were frozen, check the session now.
-        const check = () => pools.forEach((p) => p.sid && beat(p));
+        // (a pool without a session asks again: its retries stopped while lapsed)
+        const check = () => pools.forEach((p) => p.asked && (p.sid ? beat : session)(p));
         w.addEventListener("pageshow", (e) => e.persisted && check());
         // Shown again after its beats stopped: check the session (a new one if it lapsed).
         d.addEventListener("visibilitychange", () => {

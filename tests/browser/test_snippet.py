@@ -15,7 +15,7 @@ import redis
 
 from broker.source import flat
 from tests.browser.conftest import TARGET, Browser, Site, tag
-from tests.conftest import BrokerProcess, free_port
+from tests.conftest import ADMIN_TOKEN, BrokerProcess, free_port
 
 from playwright.sync_api import expect  # noqa: E402  (importorskip ran in conftest)
 
@@ -84,6 +84,8 @@ def test_every_format_links_and_noswap(broker: BrokerProcess, pool: dict, fresh_
       <p id="other">(555) 010-0001, 155501000001, order 95550100000, 555-010-00000</p>
       <textarea id="ta">555-010-0000</textarea>
       <input id="inp" value="555-010-0000">
+      <div id="ce" contenteditable>my number is 555-010-0000 <b id="ce2">555-010-0000</b></div>
+      <p id="nbh">555&#8209;010&#8209;0000</p><p id="dash">+1&nbsp;555&ndash;010&ndash;0000</p>
     """
     page = visitor.new_page()
     page.goto(fresh_site.page("/formats", body, tag(js(broker), pool["id"])))
@@ -106,6 +108,11 @@ def test_every_format_links_and_noswap(broker: BrokerProcess, pool: dict, fresh_
         "(555) 010-0001, 155501000001, order 95550100000, 555-010-00000")
     expect(page.locator("#ta")).to_have_value("555-010-0000")
     expect(page.locator("#inp")).to_have_value("555-010-0000")
+    # what the visitor types (contenteditable) is theirs, down to nested elements
+    expect(page.locator("#ce")).to_have_text("my number is 555-010-0000 555-010-0000")
+    # non-breaking hyphens and dashes are separators too
+    expect(page.locator("#nbh")).to_have_text("555\u2011010\u20110007")
+    expect(page.locator("#dash")).to_have_text("+1\u00a0555\u2013010\u20130007")
     # One config answer, one session for the whole page.
     assert len(visitor.posts("/v1/dni/session")) == 1
 
@@ -588,3 +595,70 @@ def test_a_tab_hidden_past_data_idle_stops_beating(broker: BrokerProcess, pool: 
     page.wait_for_timeout(600)
     assert heartbeats(r, pool["id"], vid) == stopped + 1
     expect(page.locator("#n")).to_have_text("555-010-0007")
+
+
+def test_tags_are_read_before_the_site_cleans_its_address(fresh_site: Site,
+                                                           visitor: Browser) -> None:
+    """A site that strips utm_* from its address on load (history.replaceState) while the
+    config is still on its way: the session still carries the landing page's tags."""
+    fresh_site.config = {"pools": {"p1": {"target_number": TARGET, "heartbeat_s": 60}}}
+    clean = ("<script>addEventListener('load', () => "
+             "history.replaceState(null, '', location.pathname))</script>")
+    page = visitor.new_page()
+    url = fresh_site.page("/clean", '<p id="n">555-010-0000</p>' + clean,
+                          tag(fresh_site.url + "/fake/slowconfig/snippet.js", "p1",
+                              timeout="5000"))
+    page.goto(url + "?utm_source=google&gclid=abc")
+    page.wait_for_function("location.search == ''")  # cleaned before the config came
+    (body, *_) = visitor.posts("/v1/dni/session", 1)
+    assert (body["utm_source"], body["gclid"]) == ("google", "abc")
+    assert body["landing_page"].endswith("/clean?utm_source=google&gclid=abc")
+
+
+def test_a_full_pool_is_asked_again_when_a_lapsed_tab_is_shown(
+        broker: BrokerProcess, make_pool: Callable[..., dict], fresh_site: Site,
+        visitor: Browser) -> None:
+    """The pool was full (backup number shown) and the tab was hidden past data-idle, so
+    its asking again stopped; shown again, it asks at once and gets the freed number."""
+    pool = make_pool(target_number=TARGET, numbers=[NUMBER], fallback_number="+15550100009")
+    admin = httpx.Client(base_url=broker.url,
+                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    httpx.post(broker.url + "/v1/dni/session",
+               json={"pool_id": pool["id"], "visitor_id": "someone-else"}).raise_for_status()
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/lapsed", '<p id="n">(555) 010-0000</p>',
+                              tag(js(broker), pool["id"], heartbeat="1", idle="0.02")))
+    expect(page.locator("#n")).to_have_text("(555) 010-0009")
+    _set_hidden(page, True)
+    page.wait_for_timeout(2000)  # past data-idle (1.2 s): it stops asking
+    asked = len(visitor.posts("/v1/dni/session"))
+    # the number is freed (taken out, which ends its session, and put back)
+    admin.delete(f"/v1/pools/{pool['id']}/numbers/{NUMBER}").raise_for_status()
+    admin.post(f"/v1/pools/{pool['id']}/numbers", json={"numbers": [NUMBER]}).raise_for_status()
+    page.wait_for_timeout(2000)
+    assert len(visitor.posts("/v1/dni/session")) == asked  # still hidden: not asked
+    _set_hidden(page, False)
+    expect(page.locator("#n")).to_have_text("(555) 010-0007", timeout=1500)
+    admin.close()
+
+
+def test_a_throwing_cookie_setter_does_not_stop_storage(broker: BrokerProcess, pool: dict,
+                                                        fresh_site: Site,
+                                                        visitor: Browser) -> None:
+    """A consent tool that makes `document.cookie = ...` throw: the visitor is still kept
+    in localStorage, so the next page is the same visitor with the same number."""
+    guard = ("<script>const d = Object.getOwnPropertyDescriptor(Document.prototype, 'cookie');"
+             "Object.defineProperty(document, 'cookie', {get: () => d.get.call(document),"
+             " set: (v) => { if (v.startsWith('dni_')) throw new Error('blocked'); }});"
+             "</script>")
+    page = visitor.new_page()
+    first = fresh_site.page("/guard1", '<p id="n">555-010-0000</p>',
+                            guard + tag(js(broker), pool["id"]))
+    page.goto(first)
+    expect(page.locator("#n")).to_have_text("555-010-0007")
+    assert page.evaluate("JSON.parse(localStorage.getItem('dni')).v")
+    page.goto(fresh_site.page("/guard2", '<p id="n">555-010-0000</p>',
+                              guard + tag(js(broker), pool["id"])))
+    expect(page.locator("#n")).to_have_text("555-010-0007")
+    bodies = visitor.posts("/v1/dni/session", 2)
+    assert len({b["visitor_id"] for b in bodies}) == 1, bodies
