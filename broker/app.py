@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope
 
 from . import admin, calls, edge, openapi, snippet, streams
@@ -109,8 +109,23 @@ async def _redis_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
+    headers = exc.headers
+    if exc.status_code == 405:  # Allow: the methods of every route of this path
+        headers = {k: v for k, v in (headers or {}).items() if k.lower() != "allow"}
+        headers["allow"] = ", ".join(_allowed(request))
     return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
-                          str(exc.detail), headers=exc.headers)  # 405 names Allow
+                          str(exc.detail), headers=headers)
+
+
+def _allowed(request: Request) -> list[str]:
+    """Starlette names only the first route matching the path; a path served by several
+    routes (one per method) allows all of theirs."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _internal(request: Request, exc: Exception) -> Response:

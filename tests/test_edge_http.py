@@ -28,7 +28,13 @@ def test_heartbeat_interval_is_at_most_half_the_session_length(http, make_pool):
 def test_a_wrong_method_is_405_with_allow(http):
     res = http.get("/v1/dni/session")
     assert res.status_code == 405 and error_of(res) == "method_not_allowed"
-    assert "POST" in res.headers["allow"]
+    assert res.headers["allow"] == "OPTIONS, POST"
+    # paths served by one route per method allow all of them
+    for method, path, allow in (("PUT", "/v1/pools", "GET, HEAD, POST"),
+                                ("PUT", "/v1/pools/p1", "DELETE, GET, HEAD, PATCH"),
+                                ("GET", "/v1/pools/p1/numbers/+15550100001", "DELETE")):
+        res = http.request(method, path)
+        assert (res.status_code, res.headers.get("allow")) == (405, allow), (path, res.text)
     res = http.post("/v1/dni/session/", json={"pool_id": "p", "visitor_id": "v"})
     assert res.status_code == 404 and error_of(res) == "not_found"  # no redirect
     assert res.headers["access-control-allow-origin"] == "*"
