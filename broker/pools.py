@@ -351,9 +351,14 @@ class Pools:
         except (PoolNotFound, RedisError):  # gone, or refused (out of memory): not added
             await self.engine.release_numbers(pool_id, numbers)
             raise
+        # numbers of the pool that were deactivated: added again means active again
+        reactivated = 0
+        for number in sorted(set(pool["inactive_numbers"]) & set(numbers)):
+            reactivated += await self.engine.activate_number(pool_id, number)
         await self._set_flows(pool_id, numbers, call_flow)
         pool = await self.get(pool_id)
         pool["added"] = added
+        pool["reactivated"] = reactivated
         if bought:
             pool["bought"] = bought
         return pool

@@ -292,6 +292,23 @@ def test_reactivating_a_held_number_keeps_it_held(admin, http, make_pool):
     assert again["status"] == "reused" and again["expires_at"] >= hb["expires_at"]
 
 
+def test_adding_a_deactivated_number_again_activates_it(admin, http, make_pool):
+    """POST numbers adds numbers active: one the pool holds deactivated is activated
+    (reported as `reactivated`), and gets assigned again."""
+    pool = make_pool(1)
+    n = pool["numbers"][0]
+    admin.post(f"/v1/pools/{pool['id']}/numbers/{n}/deactivate").raise_for_status()
+    assert _session(http, pool["id"], "a")["status"] == "unavailable"
+    res = admin.post(f"/v1/pools/{pool['id']}/numbers", json={"numbers": [n]})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert (body["added"], body["reactivated"]) == (0, 1)
+    assert body["numbers"] == [n] and body["inactive_numbers"] == []
+    assert _session(http, pool["id"], "b")["number"] == n
+    again = admin.post(f"/v1/pools/{pool['id']}/numbers", json={"numbers": [n]}).json()
+    assert (again["added"], again["reactivated"]) == (0, 0)
+
+
 def test_unknown_number_of_a_pool_is_404(admin, make_pool):
     pool = make_pool(1)
     n = numbers(1, 900)[0]
