@@ -46,6 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .embedded import EmbeddedError, EmbeddedRedis, RedisNotInstalled
+    from .http import HttpProtocol
 
     settings = _settings()
     if settings is None:
@@ -80,7 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run("broker.app:create_app", factory=True, host=args.host, port=args.port,
                     workers=args.workers, log_level=args.log_level, access_log=False,
-                    server_header=False,
+                    server_header=False, http=HttpProtocol or "auto",
                     # X-Forwarded-For is honoured only from these addresses.
                     proxy_headers=bool(settings.trusted_proxies),
                     forwarded_allow_ips=settings.trusted_proxies or None)

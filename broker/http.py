@@ -103,3 +103,24 @@ def json_response(body: bytes, status: int = 200, cors: bool = True) -> Response
 
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
+
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # no httptools: uvicorn's default protocol, plain-text 400s
+    HttpProtocol = None
+else:
+    class HttpProtocol(HttpToolsProtocol):  # type: ignore[no-redef]
+        """uvicorn's httptools protocol, except that a request it cannot parse (a bad
+        request line, a Content-Length that is no number...) gets the contract's error
+        shape, with CORS headers, rather than uvicorn's plain-text 400."""
+
+        def send_400_response(self, msg: str) -> None:
+            body = orjson.dumps({"error": {"code": "bad_request",
+                                           "message": f"not a valid HTTP request ({msg})"}})
+            head = [b"HTTP/1.1 400 Bad Request"]
+            head += [name + b": " + value for name, value in self.server_state.default_headers]
+            head += [k + b": " + v for k, v in (_JSON, *_CORS_RAW)]
+            head += [b"content-length: %d" % len(body), b"connection: close", b"", b""]
+            self.transport.write(b"\r\n".join(head) + body)
+            self.transport.close()

@@ -246,3 +246,29 @@ def test_known_bots_are_excluded_and_hold_nothing(http, make_pool, admin, ua):
     unknown = http.post("/v1/dni/session", headers={"User-Agent": ua},
                         json={"pool_id": "nosuchpool", "visitor_id": "crawler"})
     assert unknown.status_code == 404 and error_of(unknown) == "pool_not_found"
+
+
+@pytest.mark.parametrize("raw", [
+    b"GARBAGE\r\n\r\n",
+    b"POST /v1/dni/session HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+])
+def test_a_request_that_is_not_http_gets_the_error_shape(broker, raw):
+    """Requests the HTTP parser rejects before the app sees them: 400 in the contract's
+    error shape (JSON, CORS), not the server's plain text."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(broker.url)
+    with socket.create_connection((u.hostname, u.port), timeout=5) as sock:
+        sock.sendall(raw)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert lines[0] == "HTTP/1.1 400 Bad Request"
+    assert headers["content-type"] == "application/json"
+    assert headers["access-control-allow-origin"] == "*"
+    assert int(headers["content-length"]) == len(body)
+    assert orjson.loads(body)["error"]["code"] == "bad_request"
