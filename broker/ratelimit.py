@@ -13,13 +13,15 @@ have been quiet for longer than a burst are forgotten when the table grows, whic
 it bounded. It is per process: with N broker processes a client gets up to N times the
 limit, which is the usual trade of a limiter that costs no Redis round trip.
 
-The IP is the peer's, or the forwarded one from a trusted proxy (DNI_TRUSTED_PROXIES).
+The IP is the peer's, or the forwarded one from a trusted proxy (DNI_TRUSTED_PROXIES);
+an IPv6 client counts as its /64 network.
 Loopback peers are not limited: a local reverse proxy that is not configured as trusted
 would otherwise put every visitor behind one address, and local load tests would stop.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 
@@ -27,6 +29,15 @@ from .errors import ApiError
 
 _LOOPBACK = ("127.", "::ffff:127.")  # IPv4 loopback, also as IPv4-mapped IPv6
 _SWEEP_AT = 50_000  # clients remembered before quiet ones are dropped
+
+
+def _network(ip: str) -> str:
+    """An IPv6 client is its /64: one subscriber gets a whole /64 and can pick any address
+    in it, so counting addresses would give one client billions of budgets."""
+    try:
+        return ipaddress.IPv6Address(ip).packed[:8].hex() + "::/64"
+    except ValueError:
+        return ip
 
 
 class RateLimiter:
@@ -45,6 +56,8 @@ class RateLimiter:
             return
         if now is None:
             now = time.monotonic()
+        if ":" in ip and not ip.startswith("::ffff:"):
+            ip = _network(ip)
         due = self.due.get(ip, now)
         if due < now:
             due = now

@@ -84,3 +84,17 @@ def test_edge_answers_429_with_the_error_shape(redis_server, r):
         assert r.zcount(f"dni:{{{pool['id']}}}:numbers", "(0", "+inf") == codes.count(200) + 1
     finally:
         b.stop()
+
+
+def test_an_ipv6_client_is_its_slash_64():
+    """Addresses of one /64 (one subscriber's) share a budget; another /64 has its own."""
+    limiter = RateLimiter(per_minute=60)  # bursts of 10
+    for i in range(10):
+        limiter.check(f"2001:db8:1:2::{i + 1:x}", now=0.0)
+    with pytest.raises(ApiError):
+        limiter.check("2001:db8:1:2:ffff:ffff:ffff:ffff", now=0.0)
+    with pytest.raises(ApiError):
+        limiter.check("2001:0db8:0001:0002:0000:0000:0000:0099", now=0.0)  # spelt out
+    limiter.check("2001:db8:1:3::1", now=0.0)  # the next /64
+    for i in range(10):  # IPv4, also as IPv4-mapped, stays per address
+        limiter.check(f"::ffff:203.0.113.{i}", now=0.0)
