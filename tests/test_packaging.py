@@ -32,6 +32,8 @@ def test_wheel_carries_the_scripts(wheel: Path):
     shipped = {n.split("/")[-1] for n in names if n.startswith("broker/lua/")}
     assert shipped == {p.name for p in lua_dir().glob("*.lua")} and shipped
     assert any(n.endswith("entry_points.txt") for n in names)
+    assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE")
+               for n in names), names
 
 
 @pytest.mark.slow
