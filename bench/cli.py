@@ -26,8 +26,9 @@ from contextlib import ExitStack
 try:
     from . import loadgen
     from .common import dump, metadata
-except ImportError as exc:  # an installed wheel without the extra
-    raise SystemExit(f"dni bench: {exc.name} is missing: pip install 'dni-broker[bench]'") from None
+    _MISSING = None
+except ImportError as exc:  # an installed wheel without the extra: help still works
+    _MISSING = exc.name
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -88,6 +89,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _MISSING:
+        need = f"dni bench: {_MISSING} is missing: pip install 'dni-broker[bench]'"
+        if not argv or {"-h", "--help"} & set(argv):
+            print(f"{__doc__}\n{need}")
+            return 0
+        raise SystemExit(need)
     if argv[:1] == ["edge-ratio"]:
         from . import edge_ratio
 

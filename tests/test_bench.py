@@ -172,3 +172,19 @@ def test_cpu_seconds_counts_a_process_tree_by_name(tmp_path):
         for p in (child, burner):
             p.kill()
             p.wait()
+
+
+def test_bench_help_works_without_the_bench_extra():
+    """An installed wheel without `[bench]` (no hdrh): help is shown with what to
+    install; a run says it in one line."""
+    code = ("import sys; sys.modules['hdrh'] = None\n"
+            "from bench.cli import main\n"
+            "assert main(['--help']) == 0\n"
+            "main(['edge'])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert "Scenarios:" in out.stdout and "pip install 'dni-broker[bench]'" in out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1, out.stderr
+    assert lines[0].startswith("dni bench: hdrh") and lines[0].endswith(
+        "is missing: pip install 'dni-broker[bench]'"), out.stderr
