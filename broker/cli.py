@@ -97,6 +97,7 @@ def _sidecar(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from .embedded import running_url
     from .keys import Keys
     from .redisconn import connect
     from .scripts import load_scripts
@@ -105,13 +106,15 @@ def _sidecar(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings is None:
         return 2
-    if not settings.redis_url:
-        print("dni: set DNI_REDIS_URL to the broker's Redis", file=sys.stderr)
+    url = settings.redis_url or running_url(settings.data_dir)
+    if not url:
+        print(f"dni: set DNI_REDIS_URL to the broker's Redis (no dni serve runs an embedded "
+              f"one in {settings.data_dir})", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     async def run() -> None:
-        redis = connect(settings.redis_url, settings.redis_cluster, settings.redis_retry_s)
+        redis = connect(url, settings.redis_cluster, settings.redis_retry_s)
         sidecar = Sidecar(redis, Keys(settings.key_prefix), load_scripts(),
                           settings.stream_maxlen, settings.sidecar_interval_ms / 1000)
         try:

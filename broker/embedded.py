@@ -64,6 +64,13 @@ def die_with(parent: int) -> None:
         raise SystemExit(f"dni: the process that started this worker ({parent}) is gone")
 
 
+def running_url(data_dir: str | os.PathLike[str]) -> str | None:
+    """The embedded Redis a `dni serve` runs on `data_dir` (its socket is there while it
+    runs), for `dni sidecar` and `dni events` when DNI_REDIS_URL is unset."""
+    sock = Path(data_dir) / "redis.sock"
+    return f"unix://{sock}" if sock.is_socket() else None
+
+
 class EmbeddedRedis:
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = Path(data_dir).resolve()

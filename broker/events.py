@@ -18,6 +18,7 @@ import orjson
 import redis
 
 from .keys import Keys
+from .embedded import running_url
 from .redisconn import redact_url
 
 
@@ -159,10 +160,11 @@ def run_tail(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"dni: {exc}", file=sys.stderr)
         return 2
-    if not settings.redis_url:
-        print("dni: set DNI_REDIS_URL to the broker's Redis", file=sys.stderr)
+    url = settings.redis_url or running_url(settings.data_dir)
+    if not url:
+        print(f"dni: set DNI_REDIS_URL to the broker's Redis (no dni serve runs an embedded "
+              f"one in {settings.data_dir})", file=sys.stderr)
         return 2
-    url = settings.redis_url
     max_deliveries = args.max_deliveries or settings.max_deliveries
     keys = Keys(settings.key_prefix)
     stream = keys.sessions_stream() if args.stream == "sessions" else keys.calls_stream()

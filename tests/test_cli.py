@@ -57,6 +57,17 @@ def test_serve_starts_and_stops_an_embedded_redis(tmp_path: Path):
                          json={"pool_id": pool["id"], "visitor_id": "v"}).json()
         assert got["status"] == "new"
         client.close()
+        # without DNI_REDIS_URL, the Redis-side commands find this broker's embedded Redis
+        for argv in (["sidecar", "--once"], ["events", "tail"]):
+            side = subprocess.run([sys.executable, "-m", "broker.cli", *argv], env=env,
+                                  cwd=ROOT, capture_output=True, text=True, timeout=30)
+            assert side.returncode == 0, (argv, side.stderr)
+        def tail() -> str:
+            return subprocess.run([sys.executable, "-m", "broker.cli", "events", "tail"],
+                                  env=env, cwd=ROOT, capture_output=True, text=True,
+                                  timeout=30).stdout
+
+        _wait(lambda: got["session_id"] in tail())  # its session.started, once copied
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
@@ -161,6 +172,16 @@ def test_redis_side_commands_say_in_one_line_that_redis_is_down(argv):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Redis" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_redis_side_commands_without_a_redis_say_where_they_looked(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DNI_")}
+    env["DNI_DATA_DIR"] = str(tmp_path)
+    for argv in (["sidecar", "--once"], ["events", "tail"]):
+        proc = subprocess.run([sys.executable, "-m", "broker.cli", *argv], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and "DNI_REDIS_URL" in proc.stderr
+        assert f"no dni serve runs an embedded one in {tmp_path}" in proc.stderr
 
 
 def test_admin_cli_refuses_what_is_not_a_pool_id():
