@@ -29,16 +29,6 @@ def _spec(args: argparse.Namespace, target: str, **kw: Any) -> loadgen.Spec:
     return loadgen.Spec(**base)
 
 
-_numbers_used = [0]
-
-
-def _next_numbers(count: int) -> int:
-    """The first of `count` fictional numbers no earlier pool of this run used."""
-    start = _numbers_used[0]
-    _numbers_used[0] += count
-    return start
-
-
 def _ttl_s(args: argparse.Namespace) -> int:
     """The pool's session length in compressed time (the API takes whole seconds >= 1)."""
     return max(1, round(args.session_s / args.speed))
@@ -75,6 +65,38 @@ def _max_then_fraction(args: argparse.Namespace, make: Any, label: str) -> list[
     return runs
 
 
+def _api_pool(url: str, token: str | None, args: argparse.Namespace, ctx: ExitStack) -> str:
+    """A pool of --pool-size fictional numbers in someone's running broker, through its
+    admin API: a random block of numbers (another block if one is in use, by an earlier
+    run, say), added 10,000 at a time (the API's limit), and deleted when the run ends."""
+    import random
+
+    import httpx
+
+    http = ctx.enter_context(httpx.Client(base_url=url, timeout=120,
+                                          headers={"Authorization": f"Bearer {token}"}))
+    for _ in range(5):
+        start = random.randrange(10_000_000 - args.pool_size)
+        numbers = [f"+1555{start + i:07d}" for i in range(args.pool_size)]
+        r = http.post("/v1/pools", json={"name": "dni bench", "session_ttl_s": _ttl_s(args),
+                                          "numbers": numbers[:10_000],
+                                          "fallback_number": BACKUP})
+        if r.status_code == 409:
+            continue  # a number of the block is in use: another block
+        r.raise_for_status()
+        pool_id = r.json()["id"]
+        ctx.callback(lambda pid=pool_id: http.delete(f"/v1/pools/{pid}"))  # before http closes
+        for i in range(10_000, args.pool_size, 10_000):
+            r = http.post(f"/v1/pools/{pool_id}/numbers", json={"numbers": numbers[i:i + 10_000]})
+            if r.status_code == 409:
+                break
+            r.raise_for_status()
+        else:
+            return pool_id
+    raise SystemExit("dni bench: no free block of fictional +1555 numbers for the bench pool "
+                     "(5 tries); give --pool an existing pool")
+
+
 def edge(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[str, dict]]:
     """HTTP load on POST /v1/dni/session and /v1/dni/heartbeat of a broker."""
     if args.url:
@@ -92,16 +114,7 @@ def edge(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[str,
             return args.pool
         if admin is not None:
             return admin.create_pool(args.pool_size, ttl_s=_ttl_s(args))
-        import httpx
-
-        start = _next_numbers(args.pool_size)
-        r = httpx.post(url + "/v1/pools", headers={"Authorization": f"Bearer {token}"},
-                       json={"name": "bench", "session_ttl_s": _ttl_s(args),
-                             "numbers": [f"+1555{start + i:07d}"
-                                         for i in range(args.pool_size)],
-                             "fallback_number": BACKUP}, timeout=120)
-        r.raise_for_status()
-        return r.json()["id"]
+        return _api_pool(url, token, args, ctx)
 
     return _max_then_fraction(args, lambda **kw: _spec(args, "http", url=url, pool_id=pool(),
                                                        **kw), "edge")

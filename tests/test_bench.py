@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench.cli import main
@@ -79,6 +80,14 @@ def test_edge_scenario_against_a_running_broker(tmp_path, broker, r):
     st = rec["runs"][0]["statuses"]
     assert st.get("new", 0) > 0 and set(st) <= {"new", "reused", "fallback", "alive",
                                                 "expired"}
+    # the run's pool is deleted at its end, so a second run finds its numbers free (and
+    # a pool over the API's 10,000 numbers a request is added in parts)
+    run(tmp_path, "edge", "--url", broker.url, "--token", ADMIN_TOKEN, "--rate", "100",
+        "--pool-size", "12000", "--speed", "60", "--warmup", "0", "--duration", "1",
+        "--procs", "1", "--quiet")
+    pools = httpx.get(broker.url + "/v1/pools", timeout=30,
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()["pools"]
+    assert pools == []
 
 
 def test_pressure_reports_fallback_and_utilization(tmp_path, redis_server, r):
