@@ -27,7 +27,7 @@ from .logs import Throttled
 from .pools import Pools
 from .providers import providers_from
 from .stats import Counts, flush, flusher
-from .ratelimit import RateLimiter
+from .ratelimit import NewSessionCap, RateLimiter
 from .redisconn import RedisError, RedisUnavailable, connect
 from .scripts import load_scripts
 from .settings import Settings
@@ -168,6 +168,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.engine = engine
         app.state.ip_policy = IpPolicy(settings.ip_mode, settings.ip_hash_key)
         app.state.limiter = RateLimiter(settings.rate_limit_per_min)
+        app.state.cap = NewSessionCap(settings.new_sessions_per_ip)
         app.state.pools = Pools(engine, settings.default_region,
                                 settings.default_session_ttl_s, settings.heartbeat_s,
                                 providers_from(settings, redis, engine.keys))

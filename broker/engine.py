@@ -83,7 +83,7 @@ def _s(value: Any) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class SessionResult:
-    status: str  # new | reused | fallback | unavailable
+    status: str  # new | reused | fallback | unavailable | capped
     number: str | None
     session_id: str | None
     expires_at: int | None
@@ -124,11 +124,14 @@ class Engine:
         script.check(keys)
         return await self.redis.evalsha(script, keys, args, name not in _RUN_ONCE)
 
-    async def session(self, pool_id: str, visitor_id: str, source: bytes = b"\n\n{}"
-                      ) -> SessionResult:
-        """Reuse or assign a number. `source` is b"ip\nuser_agent\nattribution JSON"."""
+    async def session(self, pool_id: str, visitor_id: str, source: bytes = b"\n\n{}",
+                      reuse_only: bool = False) -> SessionResult:
+        """Reuse or assign a number. `source` is b"ip\nuser_agent\nattribution JSON".
+        `reuse_only`: a visitor without a live session is answered "capped"."""
         sid, pick = _entropy.take()
         args = [sid, pick, visitor_id, pool_id, source]
+        if reuse_only:
+            args.append("reuse")
         out = await self.redis.evalsha(
             self._session, self.keys.session_keys(pool_id, visitor_id), args)
         status = _s(out[0])

@@ -31,6 +31,16 @@ _LOOPBACK = ("127.", "::ffff:127.")  # IPv4 loopback, also as IPv4-mapped IPv6
 _SWEEP_AT = 50_000  # clients remembered before quiet ones are dropped
 
 
+def _client(ip: str) -> str | None:
+    """Who `ip` is for the limits: None when not limited (unknown, loopback), an IPv6
+    address's /64, else the address."""
+    if not ip or ip == "::1" or ip.startswith(_LOOPBACK):
+        return None
+    if ":" in ip and not ip.startswith("::ffff:"):
+        return _network(ip)
+    return ip
+
+
 def _network(ip: str) -> str:
     """An IPv6 client is its /64: one subscriber gets a whole /64 and can pick any address
     in it, so counting addresses would give one client billions of budgets."""
@@ -52,12 +62,14 @@ class RateLimiter:
 
     def check(self, ip: str, now: float | None = None) -> None:
         """Count one request of `ip`; raise ApiError(429) when it is over the limit."""
-        if not self.enabled or not ip or ip == "::1" or ip.startswith(_LOOPBACK):
+        if not self.enabled:
             return
+        client = _client(ip)
+        if client is None:
+            return
+        ip = client
         if now is None:
             now = time.monotonic()
-        if ":" in ip and not ip.startswith("::ffff:"):
-            ip = _network(ip)
         due = self.due.get(ip, now)
         if due < now:
             due = now
@@ -76,3 +88,40 @@ class RateLimiter:
     def sweep(self, now: float) -> None:
         """Forget clients whose allowance is full again (they are as good as new)."""
         self.due = {ip: due for ip, due in self.due.items() if due > now}
+
+
+class NewSessionCap:
+    """At most `cap` new sessions per client (an IPv4 address, an IPv6 /64) in one pool
+    within one session length (DNI_MAX_NEW_SESSIONS_PER_IP; 0: off), kept per process.
+
+    A request limit slows a script that asks under ever new visitor ids; this stops it
+    holding more than `cap` of a pool's numbers. Over the cap, the client's requests may
+    still reuse their live sessions (the session script runs in its reuse-only mode), and
+    a visitor without one is `excluded`: the page keeps its own number.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.windows: dict[tuple[str, str], list[float]] = {}  # -> [ends at, count]
+
+    def full(self, pool_id: str, ip: str, now: float | None = None) -> bool:
+        client = _client(ip)
+        if client is None:
+            return False
+        w = self.windows.get((pool_id, client))
+        return w is not None and w[1] >= self.cap and \
+            w[0] > (time.monotonic() if now is None else now)
+
+    def count(self, pool_id: str, ip: str, length_ms: int, now: float | None = None) -> None:
+        """One new session of `ip` in the pool (sessions of `length_ms`)."""
+        client = _client(ip)
+        if client is None:
+            return
+        now = time.monotonic() if now is None else now
+        w = self.windows.get((pool_id, client))
+        if w is None or w[0] <= now:
+            if len(self.windows) > _SWEEP_AT:  # forget the windows that ended
+                self.windows = {k: v for k, v in self.windows.items() if v[0] > now}
+            self.windows[(pool_id, client)] = [now + length_ms / 1000, 1]
+        else:
+            w[1] += 1

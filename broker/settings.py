@@ -57,6 +57,7 @@ class Settings:
     redis_retry_s: float = 3.0
     trusted_proxies: str = ""
     rate_limit_per_min: int = 0
+    new_sessions_per_ip: int = 0
     bench_routes: bool = False
     ip_mode: str = "full"
     ip_hash_key: str = ""
@@ -108,6 +109,7 @@ class Settings:
             default_session_ttl_s=_int(env, "DNI_SESSION_TTL_S", 1800, 1, 86400),
             trusted_proxies=env.get("DNI_TRUSTED_PROXIES", "").strip(),
             rate_limit_per_min=_int(env, "DNI_RATE_LIMIT", 0, 0, 1_000_000),
+            new_sessions_per_ip=_int(env, "DNI_MAX_NEW_SESSIONS_PER_IP", 0, 0, 1_000_000),
             bench_routes=_flag(env, "DNI_BENCH_ROUTES"),
             ip_mode=_choice(env, "DNI_IP_MODE", ("full", "truncate", "hash")),
             ip_hash_key=env.get("DNI_IP_HASH_KEY", ""),

@@ -38,10 +38,12 @@ ARGV[3] visitor id (no "|")
 ARGV[4] pool id
 ARGV[5] source: "ip\nuser_agent\nattribution JSON" (the page's utm_*, gclid, ...),
         stored as given and written only when a session starts (first touch)
+ARGV[6] optional, "reuse": reuse only; no new session (the client is over its cap of
+        new sessions, see ratelimit.py): answers "capped" instead of assigning
 
 Returns {status, number|false, session_id|false, expires_at_ms|false, session_length_ms},
-  status one of "new", "reused", "fallback", "unavailable", "no_pool" (which has no
-  session length). The length lets the broker tell the snippet to beat often enough.
+  status one of "new", "reused", "fallback", "unavailable", "capped", "no_pool" (which
+  has no session length). The length lets the broker tell the snippet to beat often enough.
 Outbox entries, for each "new": event=session.started (with the source); and, when the
 number's previous lease has not been reported ended yet, event=session.ended for it
 (ended_at = when that lease ran out). The sidecar moves them to the consumers' stream.
@@ -78,6 +80,10 @@ if cur[1] then
   redis.call('HSET', holders_key, cur[2], cur[1] .. '|' .. visitor_id .. '|' ..
     (cur[3] or now) .. '|' .. expires_at .. '|' .. (cur[4] or 0))
   return {'reused', cur[2], cur[1], expires_at, ttl_ms}
+end
+
+if ARGV[6] == 'reuse' then
+  return {'capped', false, false, false, ttl_ms}
 end
 
 -- Assign: candidates hold ranks 0..k-1 of the set ordered by free-from time.

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from broker.errors import ApiError
-from broker.ratelimit import RateLimiter
+from broker.ratelimit import NewSessionCap, RateLimiter
 from tests.conftest import ADMIN_TOKEN, BrokerProcess, numbers
 
 
@@ -98,3 +98,52 @@ def test_an_ipv6_client_is_its_slash_64():
     limiter.check("2001:db8:1:3::1", now=0.0)  # the next /64
     for i in range(10):  # IPv4, also as IPv4-mapped, stays per address
         limiter.check(f"::ffff:203.0.113.{i}", now=0.0)
+
+
+def test_the_new_session_cap_counts_per_client_pool_and_session_length():
+    cap = NewSessionCap(2)
+    for _ in range(2):
+        assert not cap.full("p", "203.0.113.9", now=0.0)
+        cap.count("p", "203.0.113.9", 60_000, now=0.0)
+    assert cap.full("p", "203.0.113.9", now=1.0)
+    assert not cap.full("q", "203.0.113.9", now=1.0)  # another pool
+    assert not cap.full("p", "198.51.100.7", now=1.0)  # another client
+    assert not cap.full("p", "203.0.113.9", now=60.0)  # one session length later
+    cap.count("p", "2001:db8::1", 60_000, now=0.0)
+    cap.count("p", "2001:db8::2", 60_000, now=0.0)
+    assert cap.full("p", "2001:db8::ffff", now=0.0)  # one /64
+    for _ in range(5):  # loopback is not capped
+        cap.count("p", "127.0.0.1", 60_000, now=0.0)
+    assert not cap.full("p", "127.0.0.1", now=0.0)
+
+
+def test_a_client_over_its_new_session_cap_is_excluded_but_keeps_its_sessions(
+        redis_server, r):
+    """DNI_MAX_NEW_SESSIONS_PER_IP=2: a script asking under ever new visitor ids holds 2
+    numbers of the pool, not all of them; its visitors' sessions are still reused and
+    beat; another client is served."""
+    b = BrokerProcess(redis_server, env={"DNI_MAX_NEW_SESSIONS_PER_IP": "2",
+                                         "DNI_TRUSTED_PROXIES": "127.0.0.1"}).start()
+    try:
+        with httpx.Client(base_url=b.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+            pool = admin.post("/v1/pools", json={"name": "cap", "numbers": numbers(10)}).json()
+        with httpx.Client(base_url=b.url, headers={"X-Forwarded-For": "203.0.113.9"}) as c:
+            def ask(v: str) -> dict:
+                res = c.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": v})
+                assert res.status_code == 200, res.text
+                return res.json()
+
+            first = [ask(f"v{i}") for i in range(5)]
+            assert [a["status"] for a in first] == ["new", "new"] + ["excluded"] * 3
+            assert all(a["number"] is None for a in first[2:])
+            again = ask("v0")
+            assert again["status"] == "reused" and again["number"] == first[0]["number"]
+            beat = c.post("/v1/dni/heartbeat", json={"pool_id": pool["id"], "visitor_id": "v1",
+                                                     "session_id": first[1]["session_id"]})
+            assert beat.json()["status"] == "alive"
+        other = httpx.post(b.url + "/v1/dni/session", headers={"X-Forwarded-For": "198.51.100.7"},
+                           json={"pool_id": pool["id"], "visitor_id": "w"})
+        assert other.json()["status"] == "new"
+        assert r.zcount(f"dni:{{{pool['id']}}}:numbers", "(0", "+inf") == 3
+    finally:
+        b.stop()
