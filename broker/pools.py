@@ -348,8 +348,12 @@ class Pools:
             raise _in_use(exc) from None
         try:
             added = await self.engine.add_numbers(pool_id, numbers)
-        except (PoolNotFound, RedisError):  # gone, or refused (out of memory): not added
+        except PoolNotFound:  # deleted meanwhile: none of them is the pool's
             await self.engine.release_numbers(pool_id, numbers)
+            raise
+        except RedisError:  # refused (out of memory): undo only this request's claims
+            had = {*pool["numbers"], *pool["inactive_numbers"]}
+            await self.engine.release_numbers(pool_id, [n for n in numbers if n not in had])
             raise
         # numbers of the pool that were deactivated: added again means active again
         reactivated = 0

@@ -190,3 +190,29 @@ def test_a_pool_refused_half_way_gives_its_numbers_back(redis_server, r):
             await conn.close()
 
     asyncio.run(go())
+
+
+def test_numbers_refused_half_way_are_given_back_but_the_pools_own_stay(redis_server, r):
+    """Adding numbers that Redis refuses after the claim (out of memory): the new ones are
+    given back, and a number the pool already had keeps its owner (else another pool
+    could claim it too)."""
+    keys = Keys()
+
+    async def go() -> None:
+        conn, engine, pools = await _services(redis_server)
+        try:
+            pool = await pools.create(PoolCreate(name="p", numbers=numbers(2)))
+            await pools.set_active(pool["id"], numbers(2)[1], False)  # inactive: still its
+
+            async def refuse(*_: object) -> int:
+                raise RedisError("OOM command not allowed when used memory > 'maxmemory'.")
+
+            engine.add_numbers = refuse  # type: ignore[method-assign]
+            with pytest.raises(RedisError):
+                await pools.add_numbers(pool["id"], NumbersAdd(numbers=numbers(4)))
+            owners = r.hmget(keys.number_index(), numbers(4))
+            assert owners == [pool["id"].encode()] * 2 + [None, None]
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
