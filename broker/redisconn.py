@@ -34,11 +34,7 @@ class RedisUnavailable(ConnectionError):
 
 class ConnectionLost(RedisUnavailable):
     """The connection dropped with this command in flight (Redis restarting, say), or
-    was dropped because Redis answered nothing for the whole retry budget (`stalled`)."""
-
-    def __init__(self, message: str, stalled: bool = False) -> None:
-        super().__init__(message)
-        self.stalled = stalled
+    was dropped because Redis answered nothing for the whole retry budget."""
 
 
 # Error replies of a Redis that is up but cannot serve yet: starting (loading its AOF or
@@ -96,7 +92,9 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, command: bytes, fut: asyncio.Future) -> None:
         if not self.pending:
-            self.last_reply = self.loop.time()  # the wait starts now
+            # the wait starts now (time.monotonic, the clock of evalsha's budget: the
+            # loop's clock is cached per iteration and whole milliseconds)
+            self.last_reply = time.monotonic()
             if self.watchdog is None and self.stall_s > 0:
                 self.watchdog = self.loop.call_later(self.stall_s, self.check_stall)
         self.pending.append(fut)
@@ -118,7 +116,7 @@ class _Protocol(asyncio.Protocol):
         self.watchdog = None
         if not self.pending or self.closed.done():
             return
-        waited = self.loop.time() - self.last_reply
+        waited = time.monotonic() - self.last_reply
         if waited >= self.stall_s and self.transport is not None:
             self.stalled = True
             self.transport.abort()  # connection_lost fails the pending commands
@@ -126,7 +124,7 @@ class _Protocol(asyncio.Protocol):
         self.watchdog = self.loop.call_later(self.stall_s - waited, self.check_stall)
 
     def data_received(self, data: bytes) -> None:
-        self.last_reply = self.loop.time()
+        self.last_reply = time.monotonic()
         self.reader.feed(data)
         pending = self.pending
         try:
@@ -151,7 +149,7 @@ class _Protocol(asyncio.Protocol):
             self.watchdog.cancel()
             self.watchdog = None
         if self.stalled:
-            err = ConnectionLost(f"Redis answered nothing for {self.stall_s:g} s", True)
+            err = ConnectionLost(f"Redis answered nothing for {self.stall_s:g} s")
         else:
             err = ConnectionLost(f"connection to Redis lost: {exc or 'closed'}")
         self.buf.clear()
@@ -250,8 +248,8 @@ class PipelinedRedis:
         second run (`reused`, `alive`), a call posted twice is one call, a count flush has
         its marker. `resend=False` (scripts that must not run twice, like the index counts)
         turns a drop with the command in flight into RedisUnavailable."""
-        # the budget counts from the first send: a stalled connection is only given up
-        # after the budget, and what is left of it (nothing) bounds the resends
+        # the budget counts from the first send (a stalled connection is given up once
+        # its oldest command waited the budget: that one is out of time, not a resend)
         deadline = time.monotonic() + self.retry_s
         while True:
             try:
@@ -265,10 +263,11 @@ class PipelinedRedis:
                 if isinstance(exc, ConnectionLost) and not resend:
                     raise RedisUnavailable(f"Redis dropped the connection with {script.name} "
                                            f"in flight; it may or may not have run: {exc}") from exc
-                lost = isinstance(exc, ConnectionLost)
-                transient = lost or str(exc).startswith(_TRANSIENT)
-                # a stall has used the whole budget already (the watchdog waits that long)
-                if not transient or time.monotonic() >= deadline or (lost and exc.stalled):
+                transient = isinstance(exc, ConnectionLost) or str(exc).startswith(_TRANSIENT)
+                # Resent only with a tenth of the budget left at least: a connection given
+                # up for a stall fails the commands that joined its queue just before too,
+                # and a resend to a Redis still silent would wait a whole stall again.
+                if not transient or deadline - time.monotonic() < 0.1 * self.retry_s:
                     if transient:
                         raise RedisUnavailable(f"Redis did not recover: {exc}") from exc
                     raise

@@ -307,3 +307,47 @@ def test_a_redis_refusing_the_broker_is_one_line_fails_fast_and_logs_little(tmp_
         wrong.stop()
         right.stop()
         stop(server)
+
+
+def test_a_command_sent_late_in_a_stall_keeps_its_own_budget(tmp_path):
+    """Redis stops answering (SIGSTOP) with a 2 s budget: the command waiting since the
+    start fails once its budget is spent; one sent 1.8 s in, whose budget runs to 3.8 s,
+    is sent again on a new connection and answered when Redis resumes at 2.3 s."""
+    from broker.keys import Keys
+    from broker.redisconn import PipelinedRedis, RedisUnavailable
+    from broker.scripts import load_scripts
+
+    port = free_port()
+    server = start_redis(str(tmp_path), port)
+
+    async def go() -> dict:
+        conn = PipelinedRedis(f"redis://127.0.0.1:{port}/0", retry_s=2.0)
+        scripts = load_scripts()
+        await conn.load_scripts(list(scripts.values()))
+        out: dict = {}
+
+        async def call(name: str, delay: float) -> None:
+            await asyncio.sleep(delay)
+            t = time.monotonic()
+            try:
+                await conn.evalsha(scripts["heartbeat"], Keys().heartbeat_keys("p", "v"),
+                                   ["sid", "v"])
+                out[name] = ("answered", time.monotonic() - t)
+            except RedisUnavailable:
+                out[name] = ("failed", time.monotonic() - t)
+
+        server.send_signal(signal.SIGSTOP)
+        asyncio.get_running_loop().call_later(2.3, server.send_signal, signal.SIGCONT)
+        try:
+            await asyncio.gather(call("first", 0), call("late", 1.8))
+        finally:
+            server.send_signal(signal.SIGCONT)
+            await conn.close()
+        return out
+
+    try:
+        out = asyncio.run(go())
+    finally:
+        stop(server)
+    assert out["first"][0] == "failed" and 2.0 <= out["first"][1] < 2.5, out
+    assert out["late"][0] == "answered", out
