@@ -67,8 +67,12 @@ def die_with(parent: int) -> None:
 def running_url(data_dir: str | os.PathLike[str]) -> str | None:
     """The embedded Redis a `dni serve` runs on `data_dir` (its socket is there while it
     runs), for `dni sidecar` and `dni events` when DNI_REDIS_URL is unset."""
-    sock = Path(data_dir) / "redis.sock"
-    return f"unix://{sock}" if sock.is_socket() else None
+    try:  # the lock file names the socket (in a temporary directory for long paths)
+        lines = (Path(data_dir).resolve() / ".lock").read_text().splitlines()
+    except OSError:
+        return None
+    sock = Path(lines[1]) if len(lines) > 1 else None
+    return f"unix://{sock}" if sock is not None and sock.is_socket() else None
 
 
 class EmbeddedRedis:
@@ -99,12 +103,13 @@ class EmbeddedRedis:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            first = os.pread(fd, 4096, 0).decode(errors="replace").split("\n", 1)[0]
+            holder = first.strip() or "another process"
             os.close(fd)
             raise EmbeddedError(f"DNI_DATA_DIR {self.data_dir} is in use by another dni serve "
                                 f"(pid {holder}); stop it or use another directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.ftruncate(fd, 0)  # who holds it, and where its Redis listens (running_url)
+        os.pwrite(fd, f"{os.getpid()}\n{self.socket_path}\n".encode(), 0)
         self._lock = fd
 
     def start(self, timeout: float = 10.0) -> str:

@@ -254,3 +254,27 @@ def test_the_workers_go_with_their_broker(redis_server, sig):
         for p in _children(b.proc.pid) if b.proc.poll() is None else []:
             os.kill(p, signal.SIGKILL)
         b.stop()
+
+
+@pytest.mark.parametrize("where", ["default", "long"])
+def test_redis_side_commands_find_the_embedded_redis(tmp_path, where):
+    """`dni sidecar` and `dni events` beside a `dni serve` on the default ./.dni (a
+    relative path), or on a data dir too long for a socket path (the socket is then in a
+    temporary directory)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DNI_")}
+    env["DNI_ADMIN_TOKEN"] = "tok"
+    if where == "long":
+        env["DNI_DATA_DIR"] = str(tmp_path / ("d" * 60) / ("e" * 60))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "serve", "--port", str(port)],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", proc)
+        for argv in (["sidecar", "--once"], ["events", "tail"]):
+            side = subprocess.run([sys.executable, "-m", "broker.cli", *argv], env=env,
+                                  cwd=tmp_path, capture_output=True, text=True, timeout=30)
+            assert side.returncode == 0, (argv, side.stderr)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
