@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 from typing import Any, AsyncIterator
 
 import orjson
@@ -67,7 +68,7 @@ async def readyz(request: Request) -> Response:
         return error_response(503, "not_ready", "Redis is not answering (timed out)")
     except (RedisUnavailable, RedisError, OSError) as exc:
         # the details (addresses, Redis's own words) go to the log, not to the public
-        log.warning("not ready: %s", exc)
+        _outage_log.warn("not ready: %s", exc)
         return error_response(503, "not_ready", "Redis is not answering")
     return json_response(b'{"status":"ready"}')
 
@@ -136,7 +137,12 @@ async def _internal(request: Request, exc: Exception) -> Response:
 async def _warn_if_evicting(redis: Any) -> None:
     """A Redis that evicts keys drops pools, numbers and sessions without a word: say so
     at start-up (the embedded Redis and the compose file run `noeviction`)."""
-    info = await redis.execute("INFO", "memory")
+    try:
+        info = await redis.execute("INFO", "memory")
+    except (RedisUnavailable, RedisError, OSError) as exc:  # an ACL user without INFO
+        log.warning("could not check Redis's maxmemory-policy (%s): it must be noeviction",
+                    exc)
+        return
     text = info.decode() if isinstance(info, bytes) else ""  # a cluster: one dict per node
     for line in text.splitlines():
         if line.startswith("maxmemory_policy:"):
@@ -157,6 +163,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     supervisor = os.environ.get("DNI_SUPERVISOR_PID")
     if supervisor:  # a worker of `dni serve --workers N`: it goes when its supervisor goes
         die_with(int(supervisor))
+        # A closed terminal hangs up the whole group: the supervisor stops the workers in
+        # order (SIGTERM), which SIGHUP's default action would cut short.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -175,9 +184,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.counts = counts = Counts()  # answer counts, flushed to Redis (stats.py)
         try:
             await redis.load_scripts(list(scripts.values()))
-            await _warn_if_evicting(redis)
         except (RedisUnavailable, RedisError, OSError) as exc:
             log.warning("Redis not reachable at start-up (%s); /readyz will say 503", exc)
+        else:
+            await _warn_if_evicting(redis)
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # GC's work, and collect the young generation less often. Requests allocate many
         # short-lived containers, and gen-0 collections were ~13% of a loaded worker's CPU.

@@ -278,3 +278,35 @@ def test_redis_side_commands_find_the_embedded_redis(tmp_path, where):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)
+
+
+def test_a_hangup_of_the_whole_group_stops_the_workers_in_order(redis_server, r):
+    """A closed terminal sends SIGHUP to every process of the group, workers included:
+    they are stopped in order by their supervisor (their last answer counts are flushed),
+    not cut short by SIGHUP's default action."""
+    env = dict(os.environ, DNI_REDIS_URL=redis_server, DNI_ADMIN_TOKEN="tok",
+               DNI_STATS_FLUSH_MS="60000")  # only the flush at shutdown writes the counts
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "serve", "--port", str(port),
+                             "--workers", "2", "--log-level", "warning"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _wait_ready(url, proc)
+        pool = httpx.post(url + "/v1/pools", headers={"Authorization": "Bearer tok"},
+                          json={"name": "hup", "numbers": ["+15550100001"]}).json()
+        for v in ("a", "b", "c"):
+            assert httpx.post(url + "/v1/dni/session", json={"pool_id": pool["id"],
+                                                             "visitor_id": v}).status_code == 200
+        os.killpg(proc.pid, signal.SIGHUP)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, err
+    counted = 0
+    for key in r.scan_iter(f"dni:{{{pool['id']}}}:m:*"):
+        counted += sum(int(r.hget(key, f) or 0) for f in ("new", "fallback", "unavailable"))
+    assert counted == 3, err

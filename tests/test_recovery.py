@@ -296,10 +296,11 @@ def test_a_redis_refusing_the_broker_is_one_line_fails_fast_and_logs_little(tmp_
             for _ in range(30):
                 assert http.post("/v1/dni/session", json={"pool_id": "p", "visitor_id": "v"}
                                  ).status_code == 503
+                assert http.get("/readyz").status_code == 503
         wrong.stop()
         log = wrong.log()
         assert "WRONGPASS" in log and "wrong-pw" not in log and "Traceback" not in log, log
-        assert log.count("redis unavailable") <= 2, log
+        assert log.count("redis unavailable") + log.count("not ready") <= 3, log
         right.start()
         right.stop()
         assert "maxmemory-policy is allkeys-lru" in right.log(), right.log()
@@ -351,3 +352,23 @@ def test_a_command_sent_late_in_a_stall_keeps_its_own_budget(tmp_path):
         stop(server)
     assert out["first"][0] == "failed" and 2.0 <= out["first"][1] < 2.5, out
     assert out["late"][0] == "answered", out
+
+
+def test_a_redis_user_without_info_is_served_and_told_apart(tmp_path):
+    """An ACL user that may not run INFO: the maxmemory-policy check says it could not
+    look, and the broker is ready (not "not reachable at start-up")."""
+    port = free_port()
+    server = start_redis(str(tmp_path), port)
+    redis.Redis(port=port).acl_setuser("app", enabled=True, passwords=["+app-pw"],
+                                       keys=["*"], channels=["*"],
+                                       commands=["+@all", "-info"])
+    b = BrokerProcess(f"redis://app:app-pw@127.0.0.1:{port}/0")
+    try:
+        b.start()  # ready
+        b.stop()
+        log = b.log()
+        assert "could not check Redis's maxmemory-policy" in log, log
+        assert "not reachable" not in log, log
+    finally:
+        b.stop()
+        stop(server)
