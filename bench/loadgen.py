@@ -159,10 +159,12 @@ async def _make_slots(spec: Spec, n: int, done: Callable) -> tuple[list, Callabl
     from broker.engine import Engine
     from broker.keys import Keys
     from broker.redisconn import PipelinedRedis
+    from broker.settings import Settings
 
     redis = PipelinedRedis(spec.redis_url)
     source = b'127.0.0.1\ndni-bench\n{"utm_source":"google","utm_medium":"cpc"}'
-    engine = Engine(redis, Keys(spec.key_prefix))
+    # the call grace period of a broker run with the defaults (session-5.lua's ARGV[6])
+    engine = Engine(redis, Keys(spec.key_prefix), grace_ms=Settings().call_grace_s * 1000)
     if spec.target == "engine":
         async def call(op: int, vid: str, sid: str | None):
             if op == SESSION:

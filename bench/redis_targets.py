@@ -30,6 +30,8 @@ import subprocess
 import time
 from urllib.parse import urlsplit
 
+from broker.settings import Settings
+
 from .common import LocalRedis, dump, make_pool, metadata
 
 UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -76,12 +78,16 @@ def redis_benchmark(url: str, clients: int, pipeline: int, requests: int, keyspa
     return float(last.rsplit(",", 7)[1].strip('"'))
 
 
+# the call grace period of a broker run with the defaults (session-5.lua's ARGV[6])
+GRACE_MS = str(Settings().call_grace_s * 1000)
+
+
 def session_cmd(sha: str, pool_id: str, visitor: str = "__rand_int__",
                 prefix: str = "dni") -> list[str]:
     p = f"{prefix}:{{{pool_id}}}"
     return ["EVALSHA", sha, "5", p + ":pool", p + ":numbers", p + ":holders",
             p + ":v:" + visitor, p + ":outbox",
-            "s__rand_int__", "__rand_int__", visitor, pool_id, SOURCE]
+            "s__rand_int__", "__rand_int__", visitor, pool_id, SOURCE, GRACE_MS]
 
 
 def commandstats(client) -> dict:

@@ -171,7 +171,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = connect(settings.redis_url, settings.redis_cluster, settings.redis_retry_s)
         scripts = load_scripts()
-        engine = Engine(redis, Keys(settings.key_prefix), scripts)
+        engine = Engine(redis, Keys(settings.key_prefix), scripts, settings.call_grace_s * 1000)
         app.state.settings = settings
         app.state.redis = redis
         app.state.engine = engine

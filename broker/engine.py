@@ -112,9 +112,13 @@ class PoolStats:
 class Engine:
     """Runs the scripts against `redis` (anything with `evalsha(script, keys, args)`)."""
 
-    def __init__(self, redis: Any, keys: Keys, scripts: dict[str, Script] | None = None) -> None:
+    def __init__(self, redis: Any, keys: Keys, scripts: dict[str, Script] | None = None,
+                 grace_ms: int = 0) -> None:
         self.redis = redis
         self.keys = keys
+        # a number freed less than this ago waits while others are free (session-5.lua):
+        # the broker's call grace period (DNI_CALL_GRACE_S)
+        self.grace_ms = grace_ms
         self.scripts = scripts or load_scripts()
         self._session = self.scripts["session"]
         self._session.check(self.keys.session_keys("p", "v"))
@@ -130,6 +134,7 @@ class Engine:
         `reuse_only`: a visitor without a live session is answered "capped"."""
         sid, pick = _entropy.take()
         args = [sid, pick, visitor_id, pool_id, source]
+        args.append(self.grace_ms)
         if reuse_only:
             args.append("reuse")
         out = await self.redis.evalsha(

@@ -38,7 +38,10 @@ ARGV[3] visitor id (no "|")
 ARGV[4] pool id
 ARGV[5] source: "ip\nuser_agent\nattribution JSON" (the page's utm_*, gclid, ...),
         stored as given and written only when a session starts (first touch)
-ARGV[6] optional, "reuse": reuse only; no new session (the client is over its cap of
+ARGV[6] the call grace period (ms; "" or missing: 0): while some numbers have been
+        free for longer, a number freed less than this ago is not assigned (random
+        policy), so a call from the visitor who just held it is not credited to the next
+ARGV[7] optional, "reuse": reuse only; no new session (the client is over its cap of
         new sessions, see ratelimit.py): answers "capped" instead of assigning
 
 Returns {status, number|false, session_id|false, expires_at_ms|false, session_length_ms},
@@ -82,32 +85,49 @@ if cur[1] then
   return {'reused', cur[2], cur[1], expires_at, ttl_ms}
 end
 
-if ARGV[6] == 'reuse' then
+if ARGV[7] == 'reuse' then
   return {'capped', false, false, false, ttl_ms}
 end
 
--- Assign: candidates hold ranks 0..k-1 of the set ordered by free-from time.
+-- Assign: candidates hold ranks 0..k-1 of the set ordered by free-from time; those free
+-- for the whole grace period hold ranks 0..k_old-1 and go first (random policy; `lru`
+-- takes rank 0, the number free the longest, anyway).
 local k = redis.call('ZCOUNT', numbers_key, '-inf', now)
 local lru = cfg[3] == 'lru'
+local grace_ms = tonumber(ARGV[6]) or 0
+local cutoff = now - grace_ms
+local k_old = 0
+if grace_ms > 0 and not lru and k > 0 then
+  k_old = redis.call('ZCOUNT', numbers_key, '-inf', cutoff)
+end
 local number, prev
 while k > 0 do
   local rank = 0
-  if not lru then rank = rand % k end
+  if not lru then rank = rand % (k_old > 0 and k_old or k) end
   local picked = redis.call('ZRANGE', numbers_key, rank, rank, 'WITHSCORES')
   local cand = picked[1]
   local lease = redis.call('HGET', holders_key, cand)
   local lease_end = lease and tonumber(string.match(lease, '^[^|]*|[^|]*|[^|]*|([^|]*)|'))
   if not lease_end or lease_end <= tonumber(picked[2]) or (lease_end <= now and not lru) then
-    number, prev = cand, lease  -- free
-    break
-  end
-  -- Its lease was refreshed after its score was written: move the number to the lease's
-  -- end. Held until then: pick again among the others. Ended since (`lru` only): free,
-  -- but for less long than its score said, so look at the order again.
-  redis.call('ZADD', numbers_key, 'XX', lease_end, cand)
-  if lease_end > now then
-    k = k - 1
+    if not (k_old > 0 and lease_end and lease_end > cutoff) then
+      number, prev = cand, lease  -- free
+      break
+    end
+    -- Refreshed, then ended within the grace period: not free as long as its score
+    -- said. Move it to its lease's end, out of the long-free ranks, and pick again.
+    redis.call('ZADD', numbers_key, 'XX', lease_end, cand)
+    k_old = k_old - 1
     rand = (rand * 48271 + 11) % 2147483647
+  else
+    -- Its lease was refreshed after its score was written: move the number to the
+    -- lease's end. Held until then: pick again among the others. Ended since (`lru`
+    -- only): free, but for less long than its score said, so look at the order again.
+    redis.call('ZADD', numbers_key, 'XX', lease_end, cand)
+    if lease_end > now then
+      k = k - 1
+      if k_old > 0 then k_old = k_old - 1 end  -- it was one of the long-free ranks
+      rand = (rand * 48271 + 11) % 2147483647
+    end
   end
 end
 if not number then

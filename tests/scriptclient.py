@@ -37,10 +37,11 @@ class Scripts:
                         [len(fields) // 2, *fields, *numbers]) == 1
 
     def session(self, pool_id: str, visitor_id: str, sid: str, pick: int = 0,
-                ip: str = "127.0.0.1", ua: str = "test", attribution: str = "{}") -> tuple:
+                ip: str = "127.0.0.1", ua: str = "test", attribution: str = "{}",
+                grace_ms: int = 0) -> tuple:
         source = f"{ip}\n{ua}\n{attribution}"
         out = self.run("session", self.keys.session_keys(pool_id, visitor_id),
-                       [sid, pick, visitor_id, pool_id, source])
+                       [sid, pick, visitor_id, pool_id, source, grace_ms])
         return tuple(_s(v) for v in out[:4])  # status, number, session id, expires_at
 
     def heartbeat(self, pool_id: str, visitor_id: str, sid: str) -> tuple:

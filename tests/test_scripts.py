@@ -170,6 +170,40 @@ def test_lru_policy_gives_the_number_free_longest(s: Scripts, r):
     assert order == [pool[2], pool[0], pool[1]]
 
 
+@pytest.mark.parametrize("refreshed", [False, True])
+def test_a_number_freed_within_the_grace_period_waits_while_others_are_free(
+        s: Scripts, r, refreshed):
+    """A's session just ended on a number: with the call grace period given, the next
+    visitor gets one of the numbers free for longer, whatever the pick (a call from A is
+    then not credited to them); without it, A's number can be picked. Also when A's lease
+    was refreshed: its score (the first end) is then older than the grace period, its
+    real end is not, and that is what counts."""
+    pool = numbers(3)
+    # refreshed: a 1 s lease beaten at 0.5 s ends at 1.5 s, its score says 1.0 s; asked
+    # at ~1.65 s with a 0.5 s grace period the score looks long free, the end does not
+    ttl, beat_at, ask_at, grace = (1000, 0.5, 1.65, 500) if refreshed else (300, 0, 0.45, 60_000)
+
+    def after_a(pool_id: str) -> str:
+        s.make_pool(pool_id, pool, ttl_ms=ttl)
+        _, number, sid, _ = s.session(pool_id, "a", "sidA", pick=2)
+        if beat_at:
+            time.sleep(beat_at)
+            assert s.heartbeat(pool_id, "a", sid)[0] == "alive"
+        time.sleep(ask_at - beat_at)  # A's lease has ended
+        return number
+
+    for pick in range(3):
+        a_number = after_a(f"g{pick}")
+        got = s.session(f"g{pick}", "b", "sidB", pick=pick, grace_ms=grace)
+        assert got[0] == "new" and got[1] != a_number, (pick, got)
+    if not refreshed:
+        picked = set()
+        for pick in range(3):
+            a_number = after_a(f"n{pick}")
+            picked.add(s.session(f"n{pick}", "b", "sidB", pick=pick)[1] == a_number)
+        assert picked == {True, False}  # without a grace period A's number is a pick
+
+
 def test_add_numbers_is_idempotent_and_keeps_a_held_number_held(s: Scripts, r):
     s.make_pool("p1", numbers(1))
     _, number, sid, _ = s.session("p1", "a", "sidA")
