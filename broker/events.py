@@ -11,6 +11,7 @@ acknowledges each after printing (at-least-once).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, TextIO
 
@@ -98,8 +99,21 @@ class Consumer:
             return 0
         return self._handle(res[0][1])
 
+    def own_pending(self) -> int:
+        """Entries delivered to this consumer before and never acknowledged (it died or
+        was stopped mid-batch): handled first, in order, by a consumer of the same name."""
+        printed, start = 0, "0"
+        while True:
+            res = self.r.xreadgroup(self.group, self.consumer, {self.stream: start},
+                                    count=100)
+            entries = res[0][1] if res else []
+            if not entries:
+                return printed
+            printed += self._handle(entries)
+            start = _s(entries[-1][0])
+
     def run(self, follow: bool) -> int:
-        printed = self.reclaim()
+        printed = self.own_pending() + self.reclaim()
         while True:
             got = self.read(5000 if follow else None)
             printed += got
@@ -135,6 +149,16 @@ def tail(client: redis.Redis, stream: str, follow: bool, out: TextIO) -> None:
         out.flush()
 
 
+def _at_least_1(raw: str) -> int:
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number >= 1")
+    return n
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     events = sub.add_parser("events", help="read the sessions and calls streams")
     esub = events.add_subparsers(dest="events_command", required=True)
@@ -145,7 +169,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--consumer", help="this consumer's name in the group")
     t.add_argument("--claim-idle-ms", type=int, default=30_000,
                    help="reclaim entries pending longer than this from dead consumers")
-    t.add_argument("--max-deliveries", type=int,
+    t.add_argument("--max-deliveries", type=_at_least_1,
                    default=None,
                    help="entries delivered more often go to <stream>:dead "
                         "(default DNI_MAX_DELIVERIES, 5)")
@@ -165,11 +189,15 @@ def run_tail(args: argparse.Namespace) -> int:
         print(f"dni: set DNI_REDIS_URL to the broker's Redis (no dni serve runs an embedded "
               f"one in {settings.data_dir})", file=sys.stderr)
         return 2
-    max_deliveries = args.max_deliveries or settings.max_deliveries
+    max_deliveries = args.max_deliveries or settings.max_deliveries  # (>= 1: argparse)
     keys = Keys(settings.key_prefix)
     stream = keys.sessions_stream() if args.stream == "sessions" else keys.calls_stream()
-    # each command names one stream, so a cluster client routes them one by one
-    client = redis.RedisCluster.from_url(url) if settings.redis_cluster else redis.Redis.from_url(url)
+    # each command names one stream, so a cluster client routes them one by one; reads
+    # block 5 s at a time, so the socket may wait longer than that (redis-py's default
+    # timeout would end a quiet --follow after 5 s)
+    opts = {"socket_timeout": 30}
+    client = (redis.RedisCluster.from_url(url, **opts) if settings.redis_cluster
+              else redis.Redis.from_url(url, **opts))
     try:
         if args.group:
             if not args.consumer:
@@ -181,7 +209,12 @@ def run_tail(args: argparse.Namespace) -> int:
             tail(client, stream, args.follow, sys.stdout)
     except KeyboardInterrupt:
         pass
-    except redis.exceptions.ConnectionError as exc:
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         print(f"dni: cannot reach Redis at {redact_url(url)}: {exc}", file=sys.stderr)
+        return 2
+    except redis.exceptions.ResponseError as exc:  # the group was destroyed meanwhile...
+        print(f"dni: {exc}", file=sys.stderr)
         return 2
     return 0

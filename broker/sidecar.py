@@ -42,7 +42,8 @@ log = logging.getLogger("dni.sidecar")
 BATCH = 64
 LEADER_TTL_MS = 10_000
 # Streams are trimmed to DNI_STREAM_MAXLEN by the sidecar's retention check, which can
-# tell what the trim drops; writes cap them at this multiple of it, should no sidecar run.
+# tell what the trim drops. The calls the API writes cap the calls stream at this multiple
+# of it, should no sidecar run (the sidecar's own copies are followed by the check).
 SAFETY_CAP = 2
 STATS_FIELDS = ("copied", "ended_reported", "trimmed", "trim_dropped_pending", "cycles")
 
@@ -109,19 +110,47 @@ class Sidecar:
             entries = await self.redis.execute("XRANGE", outbox, "-", "+", "COUNT", BATCH)
             if not entries:
                 return copied
-            writes = []
+            batch = []
             for _, raw in entries:
                 fields = consumer_fields({_s(raw[i]): _s(raw[i + 1])
                                           for i in range(0, len(raw), 2)})
-                flat_fields = [x for kv in fields.items() for x in kv]
-                # the sidecar trims to maxlen itself each cycle (check_retention), warning
-                # when that drops unread entries; the cap here is only a safety net
-                writes.append(self.redis.execute("XADD", sessions, "MAXLEN", "~",
-                                                 SAFETY_CAP * self.maxlen, "*", *flat_fields))
-            await asyncio.gather(*writes)  # one pipelined batch, in order
+                batch.append([x for kv in fields.items() for x in kv])
+            # Still the leader, right before writing (which renews the lease): one that
+            # stalled past its lease after reading the batch (a long pause) must not copy
+            # it after the new leader has. No cap on these writes: the retention check
+            # after the copy trims, counting what consumer groups had not read.
+            if not await self.lead():
+                raise NotLeader
+            await asyncio.gather(*(self.redis.execute("XADD", sessions, "*", *flat_fields)
+                                   for flat_fields in batch))  # one pipelined batch, in order
             await self.redis.execute("XDEL", outbox, *(entry_id for entry_id, _ in entries))
             copied += len(entries)
             await asyncio.sleep(0)
+
+    async def _unread(self, stream: str, last_dropped: Any, excess: int) -> dict[str, int]:
+        """For each consumer group: how many of the entries up to `last_dropped` (the
+        `excess` oldest) it has not acknowledged: delivered and pending, or not yet
+        delivered (after its last-delivered id)."""
+        try:
+            groups = await self.redis.execute("XINFO", "GROUPS", stream)
+        except Exception:  # noqa: BLE001 - no groups yet
+            return {}
+        out: dict[str, int] = {}
+        for group in groups:
+            info = {_s(group[i]): group[i + 1] for i in range(0, len(group), 2)}
+            name, last_delivered = _s(info["name"]), _s(info["last-delivered-id"])
+            pending = await self.redis.execute("XPENDING", stream, name, "-",
+                                               _s(last_dropped), excess)
+            behind, start = 0, "(" + last_delivered
+            while _id(last_delivered) < _id(last_dropped):  # counted a page at a time
+                page = await self.redis.execute("XRANGE", stream, start, _s(last_dropped),
+                                                "COUNT", 1000)
+                behind += len(page)
+                if len(page) < 1000:
+                    break
+                start = "(" + _s(page[-1][0])
+            out[name] = len(pending) + behind
+        return out
 
     async def check_retention(self, stream: str) -> None:
         """Trim `stream` to the retention bound; warn when that drops unacknowledged
@@ -142,22 +171,12 @@ class Sidecar:
             start = "(" + _s(last_dropped)
         if last_dropped is None:
             return
-        try:
-            groups = await self.redis.execute("XINFO", "GROUPS", stream)
-        except Exception:  # noqa: BLE001 - no groups yet
-            groups = []
         dropped_pending = 0
-        for group in groups:
-            info = {_s(group[i]): group[i + 1] for i in range(0, len(group), 2)}
-            name = _s(info["name"])
-            pending = await self.redis.execute("XPENDING", stream, name, "-", _s(last_dropped),
-                                               excess)
-            undelivered = _id(info["last-delivered-id"]) < _id(last_dropped)
-            if pending or undelivered:
-                dropped_pending += len(pending) or 1
-                log.warning("trimming %s to %d entries drops entries that group %r has not "
-                            "acknowledged (pending %d, behind: %s)", stream, self.maxlen, name,
-                            len(pending), undelivered)
+        for name, unread in (await self._unread(stream, last_dropped, excess)).items():
+            if unread:
+                dropped_pending += unread
+                log.warning("trimming %s to %d entries drops %d entries that group %r has "
+                            "not acknowledged", stream, self.maxlen, unread, name)
         await self.redis.execute("XTRIM", stream, "MINID", _next_id(_s(last_dropped)))
         await self._count("trimmed", excess)
         await self._count("trim_dropped_pending", dropped_pending)
@@ -171,7 +190,11 @@ class Sidecar:
             try:
                 await self.keep_lead()
                 done["ended_reported"] += await self.end_sessions(pool_id)
-                done["copied"] += await self.copy_outbox(pool_id)
+                copied = await self.copy_outbox(pool_id)
+                done["copied"] += copied
+                if copied:  # a large backlog may overflow the retention: trim (counting
+                    # what consumer groups had not read) before copying on
+                    await self.check_retention(self.keys.sessions_stream())
             except (RedisUnavailable, NotLeader):
                 raise
             except Exception:  # noqa: BLE001 - one pool's failure must not stop the others

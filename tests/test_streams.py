@@ -22,7 +22,7 @@ from broker.events import Consumer
 from broker.keys import Keys
 from broker.redisconn import PipelinedRedis
 from broker.scripts import load_scripts
-from broker.sidecar import Sidecar
+from broker.sidecar import NotLeader, Sidecar
 from tests.conftest import (ADMIN_TOKEN, ROOT, BrokerProcess, free_port, numbers,
                             start_redis, stop)
 
@@ -126,6 +126,48 @@ def test_crashed_consumer_entries_go_to_another_and_poison_to_dead_letters(r: re
     assert [json.loads(x)["session_id"] for x in out_c.getvalue().splitlines()] == ["s0"]
 
 
+def test_a_restarted_consumer_takes_its_own_pending_entries_first(r: redis.Redis):
+    """Consumer c1 died mid-batch (3 delivered, unacknowledged); started again under the
+    same name, it handles those first, in order, then the new ones."""
+    stream = "dni:sessions"
+    _fill(r, stream, 3)
+    Consumer(r, stream, "crm", "c1", out=io.StringIO())  # creates the group
+    assert len(r.xreadgroup("crm", "c1", {stream: ">"}, count=10)[0][1]) == 3
+    r.xadd(stream, {"event": "session.started", "session_id": "s3"})
+    out = io.StringIO()
+    Consumer(r, stream, "crm", "c1", claim_idle_ms=60_000, out=out).run(follow=False)
+    assert [json.loads(x)["session_id"] for x in out.getvalue().splitlines()] == [
+        "s0", "s1", "s2", "s3"]
+    assert r.xpending(stream, "crm")["pending"] == 0
+
+
+def test_events_tail_follows_quietly_and_stops_quietly(redis_server, r: redis.Redis):
+    """`--follow` waits through a quiet stream (longer than a client's default socket
+    timeout) and prints what comes; `| head` ends it without a traceback; a bad
+    --max-deliveries is a usage error."""
+    env = dict(os.environ, DNI_REDIS_URL=redis_server)
+    cmd = [sys.executable, "-m", "broker.cli", "events", "tail"]
+    follow = subprocess.Popen([*cmd, "--follow"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(6.5)
+        assert follow.poll() is None, follow.communicate()
+        r.xadd("dni:sessions", {"event": "session.started", "session_id": "late"})
+        line = follow.stdout.readline()
+        assert json.loads(line)["session_id"] == "late"
+    finally:
+        follow.terminate()
+        follow.communicate(timeout=10)
+    _fill(r, "dni:sessions", 3000)
+    piped = subprocess.run(f"{sys.executable} -m broker.cli events tail | head -1",
+                           shell=True, env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+    assert len(piped.stdout.splitlines()) == 1 and piped.stderr == "", piped.stderr
+    bad = subprocess.run([*cmd, "--group", "g", "--consumer", "c", "--max-deliveries", "0"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--max-deliveries" in bad.stderr
+
+
 def test_events_tail_cli_prints_json_lines(redis_server, r: redis.Redis):
     _fill(r, "dni:calls", 2)
     env = dict(os.environ, DNI_REDIS_URL=redis_server)
@@ -155,7 +197,8 @@ def test_retention_trims_and_counts_unacknowledged_drops(redis_server, r: redis.
     asyncio.run(run())
     assert r.xlen("dni:sessions") == 10
     stats = {k.decode(): int(v) for k, v in r.hgetall("dni:sidecar:stats").items()}
-    assert stats["trimmed"] == 20 and stats["trim_dropped_pending"] >= 1
+    # the 20 dropped: 5 delivered and pending, 15 never delivered
+    assert stats["trimmed"] == 20 and stats["trim_dropped_pending"] == 20
 
 
 def test_streams_endpoint_reports_lengths_groups_and_counters(admin, r: redis.Redis):
@@ -236,9 +279,9 @@ def test_copying_past_the_retention_warns_about_unread_entries(redis_server, r: 
     unseen)."""
     keys = Keys("dni")
     r.xgroup_create(keys.sessions_stream(), "slow", id="0", mkstream=True)
-    # 450 entries, retention 200: more than a stream node (100 entries) over it, which
-    # an approximate trim at write time would drop unseen
-    _started(r, "a", 450)
+    # 900 entries, retention 200: far over twice the retention, where a capped write
+    # (MAXLEN ~ 400) would have dropped entries unseen
+    _started(r, "a", 900)
 
     async def run() -> dict:
         client, scripts = await _with_pools(redis_server, "a")
@@ -246,10 +289,10 @@ def test_copying_past_the_retention_warns_about_unread_entries(redis_server, r: 
         await client.close()
         return done
 
-    assert asyncio.run(run())["copied"] == 450
+    assert asyncio.run(run())["copied"] == 900
     assert r.xlen(keys.sessions_stream()) == 200
     stats = {k.decode(): int(v) for k, v in r.hgetall(keys.sidecar_stats()).items()}
-    assert stats["trimmed"] == 250 and stats["trim_dropped_pending"] >= 1
+    assert stats["trimmed"] == 700 and stats["trim_dropped_pending"] == 700
 
 
 def test_a_pass_longer_than_the_lease_keeps_it_and_copies_once(redis_server, r: redis.Redis):
@@ -292,6 +335,47 @@ def test_a_pass_longer_than_the_lease_keeps_it_and_copies_once(redis_server, r: 
     asyncio.run(run())
     ids = [f[b"session_id"].decode() for _, f in r.xrange(keys.sessions_stream())]
     assert ids == [f"s{i:04d}" for i in range(640)]
+
+
+def test_a_sidecar_stalled_past_its_lease_does_not_copy_what_it_read(redis_server,
+                                                                   r: redis.Redis):
+    """A sidecar pauses (GC, a frozen VM) after reading a batch, past its lease; another
+    takes over and copies the outbox. Back, the first checks it still leads before
+    writing: no entry is copied twice (nor after its own session.ended)."""
+    keys = Keys("dni")
+    _started(r, "a", 64, "s{:04d}")
+
+    async def run() -> None:
+        client, scripts = await _with_pools(redis_server, "a")
+        stalled, other = (Sidecar(client, keys, scripts, lease_ms=300) for _ in range(2))
+        real = client.execute
+        paused = asyncio.Event()
+
+        async def execute(*args):
+            out = await real(*args)
+            if args[0] == "XRANGE" and not paused.is_set():  # the batch is read: pause
+                paused.set()
+                await asyncio.sleep(0.6)  # twice the lease
+            return out
+
+        client.execute = execute
+        assert await stalled.lead()
+
+        async def take_over() -> None:
+            await paused.wait()
+            await asyncio.sleep(0.4)  # the stalled one's lease ran out
+            assert await other.lead()
+            await other.cycle()
+
+        results = await asyncio.gather(stalled.copy_outbox("a"), take_over(),
+                                       return_exceptions=True)
+        client.execute = real
+        await client.close()
+        assert isinstance(results[0], NotLeader), results
+
+    asyncio.run(run())
+    ids = [f[b"session_id"].decode() for _, f in r.xrange(keys.sessions_stream())]
+    assert ids == [f"s{i:04d}" for i in range(64)]
 
 
 def test_sidecar_once_leaves_the_lease_free_and_yields_to_a_leader(own_redis):
