@@ -62,14 +62,18 @@ async def session(scope: Scope, receive: Receive) -> bytes:
         state.counts.add(req.pool_id, "excluded")
         return encoder.encode(EXCLUDED)
     cap = state.cap
-    capped = cap.cap and cap.full(req.pool_id, ip)  # over it: its live sessions only
-    res = await state.engine.session(req.pool_id, req.visitor_id, source_of(scope, body, ip),
-                                     capped)
+    slot = cap.reserve(req.pool_id, ip) if cap.cap else None  # False: over it, reuse only
+    new, length_ms = False, 0
+    try:
+        res = await state.engine.session(req.pool_id, req.visitor_id,
+                                         source_of(scope, body, ip), slot is False)
+        new, length_ms = res.status == "new", res.session_length_ms
+    finally:
+        if slot:
+            cap.settle(slot, new, length_ms)
     state.counts.add(req.pool_id, res.status)  # in memory; flushed to Redis by stats.py
     if res.status == "capped":
         return encoder.encode(EXCLUDED)
-    if cap.cap and res.status == "new":
-        cap.count(req.pool_id, ip, res.session_length_ms)
     if res.session_id is None:  # fallback, unavailable: turned away (counted once)
         state.counts.block(req.pool_id, req.visitor_id)
     return encoder.encode(SessionResponse(res.status, res.number, res.session_id,

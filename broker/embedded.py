@@ -67,12 +67,14 @@ def die_with(parent: int) -> None:
 def running_url(data_dir: str | os.PathLike[str]) -> str | None:
     """The embedded Redis a `dni serve` runs on `data_dir` (its socket is there while it
     runs), for `dni sidecar` and `dni events` when DNI_REDIS_URL is unset."""
+    here = Path(data_dir).resolve()
     try:  # the lock file names the socket (in a temporary directory for long paths)
-        lines = (Path(data_dir).resolve() / ".lock").read_text().splitlines()
+        lines = (here / ".lock").read_text().splitlines()
     except OSError:
-        return None
-    sock = Path(lines[1]) if len(lines) > 1 else None
-    return f"unix://{sock}" if sock is not None and sock.is_socket() else None
+        lines = []
+    # an older dni serve wrote only its pid: its socket is in the data dir
+    sock = Path(lines[1]) if len(lines) > 1 else here / "redis.sock"
+    return f"unix://{sock}" if sock.is_socket() else None
 
 
 class EmbeddedRedis:

@@ -61,7 +61,8 @@ class Consumer:
 
     def _handle(self, entries: list) -> int:
         """Print (or dead-letter) then acknowledge each entry; returns how many printed."""
-        live = [(i, f) for i, f in entries if f is not None]  # None: deleted meanwhile
+        # None or no fields: the entry was deleted (trimmed) after it was delivered
+        live = [(i, f) for i, f in entries if f]
         deliveries = self._deliveries([i for i, _ in live])
         printed = 0
         for entry_id, fields in live:
@@ -76,7 +77,7 @@ class Consumer:
                 self.out.flush()
                 printed += 1
             self.r.xack(self.stream, self.group, entry_id)
-        gone = [i for i, f in entries if f is None]
+        gone = [i for i, f in entries if not f]
         if gone:
             self.r.xack(self.stream, self.group, *gone)
         return printed

@@ -58,6 +58,7 @@ class RateLimiter:
         # once (GCRA: the first is on time, the other burst - 1 early by this much).
         self.tolerance = self.interval * (max(10, per_minute // 10) - 1)
         self.due: dict[str, float] = {}
+        self.sweep_at, self.sweep_after = _SWEEP_AT, 0.0
         self.limited = 0  # requests refused since start (for logs and tests)
 
     def check(self, ip: str, now: float | None = None) -> None:
@@ -82,46 +83,77 @@ class RateLimiter:
                             # let the page's script read it (CORS hides it otherwise)
                             "access-control-expose-headers": "Retry-After"})
         self.due[ip] = due + self.interval
-        if len(self.due) > _SWEEP_AT:
+        if len(self.due) > self.sweep_at or (len(self.due) > _SWEEP_AT
+                                             and now >= self.sweep_after):
             self.sweep(now)
 
     def sweep(self, now: float) -> None:
-        """Forget clients whose allowance is full again (they are as good as new)."""
+        """Forget clients whose allowance is full again (they are as good as new). Above
+        the threshold, again after a minute or once the table has doubled: many active
+        clients must not make every request rebuild it."""
         self.due = {ip: due for ip, due in self.due.items() if due > now}
+        self.sweep_at = max(_SWEEP_AT, 2 * len(self.due))
+        self.sweep_after = now + 60
 
 
 class NewSessionCap:
     """At most `cap` new sessions per client (an IPv4 address, an IPv6 /64) in one pool
     within one session length (DNI_MAX_NEW_SESSIONS_PER_IP; 0: off), kept per process.
 
-    A request limit slows a script that asks under ever new visitor ids; this stops it
-    holding more than `cap` of a pool's numbers. Over the cap, the client's requests may
-    still reuse their live sessions (the session script runs in its reuse-only mode), and
-    a visitor without one is `excluded`: the page keeps its own number.
+    A request limit slows a script that asks under ever new visitor ids; this bounds the
+    numbers it takes: `cap` per session length (more only if it keeps them beating).
+    Over the cap, the client's requests may still reuse their live sessions (the session
+    script runs in its reuse-only mode), and a visitor without one is `excluded`: the
+    page keeps its own number.
+
+    A request is counted when it is sent to Redis (`reserve`), so requests arriving
+    together cannot all pass the check before any answer comes back, and given back
+    unless the answer is a new session (`settle`).
     """
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.windows: dict[tuple[str, str], list[float]] = {}  # -> [ends at, count]
+        # (pool, client) -> [window ends at, new sessions in it, requests in flight]
+        self.windows: dict[tuple[str, str], list[float]] = {}
+        self.sweep_at, self.sweep_after = _SWEEP_AT, 0.0
 
-    def full(self, pool_id: str, ip: str, now: float | None = None) -> bool:
+    def reserve(self, pool_id: str, ip: str, now: float | None = None
+                ) -> tuple[str, str] | bool | None:
+        """Before the session script: None (not capped: loopback...), False (over the
+        cap: reuse only), or a slot to `settle` with the answer."""
         client = _client(ip)
         if client is None:
-            return False
-        w = self.windows.get((pool_id, client))
-        return w is not None and w[1] >= self.cap and \
-            w[0] > (time.monotonic() if now is None else now)
-
-    def count(self, pool_id: str, ip: str, length_ms: int, now: float | None = None) -> None:
-        """One new session of `ip` in the pool (sessions of `length_ms`)."""
-        client = _client(ip)
-        if client is None:
-            return
+            return None
         now = time.monotonic() if now is None else now
-        w = self.windows.get((pool_id, client))
-        if w is None or w[0] <= now:
-            if len(self.windows) > _SWEEP_AT:  # forget the windows that ended
-                self.windows = {k: v for k, v in self.windows.items() if v[0] > now}
-            self.windows[(pool_id, client)] = [now + length_ms / 1000, 1]
-        else:
+        key = (pool_id, client)
+        w = self.windows.get(key)
+        if w is None:
+            if len(self.windows) >= self.sweep_at or (len(self.windows) >= _SWEEP_AT
+                                                      and now >= self.sweep_after):
+                self.sweep(now)
+            w = self.windows[key] = [now, 0, 0]
+        elif w[0] <= now:
+            w[1] = 0  # its window ended: a new one starts with the next new session
+        if w[1] + w[2] >= self.cap:
+            return False
+        w[2] += 1
+        return key
+
+    def settle(self, slot: tuple[str, str], new: bool, length_ms: int,
+               now: float | None = None) -> None:
+        w = self.windows.get(slot)
+        if w is None:
+            return
+        w[2] -= 1
+        if new:
+            now = time.monotonic() if now is None else now
+            if w[0] <= now:
+                w[0], w[1] = now + length_ms / 1000, 0
             w[1] += 1
+
+    def sweep(self, now: float) -> None:
+        """Forget the windows that ended (none in flight); as RateLimiter.sweep, again
+        after a minute or once the table has doubled."""
+        self.windows = {k: w for k, w in self.windows.items() if w[0] > now or w[2]}
+        self.sweep_at = max(_SWEEP_AT, 2 * len(self.windows))
+        self.sweep_after = now + 60

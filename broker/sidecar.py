@@ -77,6 +77,7 @@ class Sidecar:
         self.interval_s = interval_s
         self.me = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._outage = Throttled(log)
+        self._trim_log = Throttled(log, 60.0)  # while a group stays behind, once a minute
         self.lease_ms = lease_ms
         self._renew_at = 0.0
         self._stop = asyncio.Event()
@@ -127,10 +128,12 @@ class Sidecar:
             copied += len(entries)
             await asyncio.sleep(0)
 
-    async def _unread(self, stream: str, last_dropped: Any, excess: int) -> dict[str, int]:
-        """For each consumer group: how many of the entries up to `last_dropped` (the
-        `excess` oldest) it has not acknowledged: delivered and pending, or not yet
-        delivered (after its last-delivered id)."""
+    async def _unread(self, stream: str, first_dropped: Any, last_dropped: Any,
+                      excess: int) -> dict[str, int]:
+        """For each consumer group: how many of the entries the trim drops (the `excess`
+        oldest, `first_dropped` .. `last_dropped`) it has not acknowledged: delivered and
+        pending, or not yet delivered (after its last-delivered id). Pending ids older
+        than `first_dropped` were dropped by an earlier trim and counted then."""
         try:
             groups = await self.redis.execute("XINFO", "GROUPS", stream)
         except Exception:  # noqa: BLE001 - no groups yet
@@ -139,7 +142,7 @@ class Sidecar:
         for group in groups:
             info = {_s(group[i]): group[i + 1] for i in range(0, len(group), 2)}
             name, last_delivered = _s(info["name"]), _s(info["last-delivered-id"])
-            pending = await self.redis.execute("XPENDING", stream, name, "-",
+            pending = await self.redis.execute("XPENDING", stream, name, _s(first_dropped),
                                                _s(last_dropped), excess)
             behind, start = 0, "(" + last_delivered
             while _id(last_delivered) < _id(last_dropped):  # counted a page at a time
@@ -161,22 +164,27 @@ class Sidecar:
             return
         # the id of the last entry the trim drops, read a page at a time (after a long
         # stop the excess can be as long as the retention itself)
-        last_dropped, start, left = None, "-", excess
+        first_dropped = last_dropped = None
+        start, left = "-", excess
         while left > 0:
             page = await self.redis.execute("XRANGE", stream, start, "+", "COUNT",
                                             min(left, 1000))
             if not page:
                 break
+            if first_dropped is None:
+                first_dropped = page[0][0]
             last_dropped, left = page[-1][0], left - len(page)
             start = "(" + _s(last_dropped)
         if last_dropped is None:
             return
         dropped_pending = 0
-        for name, unread in (await self._unread(stream, last_dropped, excess)).items():
+        for name, unread in (await self._unread(stream, first_dropped, last_dropped,
+                                                excess)).items():
             if unread:
                 dropped_pending += unread
-                log.warning("trimming %s to %d entries drops %d entries that group %r has "
-                            "not acknowledged", stream, self.maxlen, unread, name)
+                self._trim_log.warn("trimming %s to %d entries drops %d entries that group "
+                                    "%r has not acknowledged", stream, self.maxlen, unread,
+                                    name)
         await self.redis.execute("XTRIM", stream, "MINID", _next_id(_s(last_dropped)))
         await self._count("trimmed", excess)
         await self._count("trim_dropped_pending", dropped_pending)
@@ -192,8 +200,10 @@ class Sidecar:
                 done["ended_reported"] += await self.end_sessions(pool_id)
                 copied = await self.copy_outbox(pool_id)
                 done["copied"] += copied
-                if copied:  # a large backlog may overflow the retention: trim (counting
-                    # what consumer groups had not read) before copying on
+                # a large backlog may overflow the retention: trim (counting what consumer
+                # groups had not read) before copying on; else once, after the pass
+                if copied and await self.redis.execute(
+                        "XLEN", self.keys.sessions_stream()) > SAFETY_CAP * self.maxlen:
                     await self.check_retention(self.keys.sessions_stream())
             except (RedisUnavailable, NotLeader):
                 raise

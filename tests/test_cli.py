@@ -310,3 +310,17 @@ def test_a_hangup_of_the_whole_group_stops_the_workers_in_order(redis_server, r)
     for key in r.scan_iter(f"dni:{{{pool['id']}}}:m:*"):
         counted += sum(int(r.hget(key, f) or 0) for f in ("new", "fallback", "unavailable"))
     assert counted == 3, err
+
+
+def test_the_socket_of_an_older_dni_serve_is_found(tmp_path):
+    """A data dir whose lock an older version wrote (its pid only): its Redis's socket is
+    the data dir's redis.sock."""
+    import socket
+
+    from broker.embedded import running_url
+
+    (tmp_path / ".lock").write_text("12345")
+    assert running_url(tmp_path) is None  # no socket: no Redis runs there
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "redis.sock"))
+        assert running_url(tmp_path) == f"unix://{tmp_path / 'redis.sock'}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -55,7 +57,8 @@ def test_the_table_forgets_quiet_clients():
     limiter = RateLimiter(per_minute=600)
     for i in range(50_001):
         limiter.check(f"10.0.{i // 256}.{i % 256}", now=float(i) / 1e6)
-    limiter.check("203.0.113.9", now=60.0)  # everyone else is quiet by now
+    # everyone else is quiet by now, and the table is swept at most once a minute
+    limiter.check("203.0.113.9", now=120.0)
     assert len(limiter.due) <= 2
 
 
@@ -102,26 +105,48 @@ def test_an_ipv6_client_is_its_slash_64():
 
 def test_the_new_session_cap_counts_per_client_pool_and_session_length():
     cap = NewSessionCap(2)
-    for _ in range(2):
-        assert not cap.full("p", "203.0.113.9", now=0.0)
-        cap.count("p", "203.0.113.9", 60_000, now=0.0)
-    assert cap.full("p", "203.0.113.9", now=1.0)
-    assert not cap.full("q", "203.0.113.9", now=1.0)  # another pool
-    assert not cap.full("p", "198.51.100.7", now=1.0)  # another client
-    assert not cap.full("p", "203.0.113.9", now=60.0)  # one session length later
-    cap.count("p", "2001:db8::1", 60_000, now=0.0)
-    cap.count("p", "2001:db8::2", 60_000, now=0.0)
-    assert cap.full("p", "2001:db8::ffff", now=0.0)  # one /64
-    for _ in range(5):  # loopback is not capped
-        cap.count("p", "127.0.0.1", 60_000, now=0.0)
-    assert not cap.full("p", "127.0.0.1", now=0.0)
+
+    def ask(pool: str, ip: str, now: float, new: bool = True) -> bool:
+        """One session request: True if it was let through to assign."""
+        slot = cap.reserve(pool, ip, now=now)
+        if slot:
+            cap.settle(slot, new, 60_000, now=now)
+        return slot is not False
+
+    assert ask("p", "203.0.113.9", 0.0) and ask("p", "203.0.113.9", 0.0)
+    assert not ask("p", "203.0.113.9", 1.0)
+    assert ask("q", "203.0.113.9", 1.0)  # another pool
+    assert ask("p", "198.51.100.7", 1.0)  # another client
+    assert ask("p", "203.0.113.9", 60.0)  # one session length later
+    assert ask("p", "2001:db8::1", 0.0) and ask("p", "2001:db8::2", 0.0)
+    assert not ask("p", "2001:db8::ffff", 0.0)  # one /64
+    assert all(cap.reserve("p", "127.0.0.1", now=0.0) is None for _ in range(5))  # loopback
+    # answers that are not new sessions (reused, fallback) do not count
+    assert all(ask("r", "192.0.2.1", 0.0, new=False) for _ in range(5))
+    # requests in flight count: two sent together fill the cap before any answer
+    s1, s2 = (cap.reserve("t", "192.0.2.2", now=0.0) for _ in range(2))
+    assert s1 and s2 and cap.reserve("t", "192.0.2.2", now=0.0) is False
+    cap.settle(s1, False, 60_000, now=0.0)  # not a new session: its place is free again
+    assert cap.reserve("t", "192.0.2.2", now=0.0)
+
+
+def test_the_tables_are_not_rebuilt_on_every_request_when_full_of_live_clients():
+    cap = NewSessionCap(5)
+    for i in range(60_000):  # live windows (30 min), more than the sweep threshold
+        slot = cap.reserve("p", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", now=0.0)
+        cap.settle(slot, True, 1_800_000, now=0.0)
+    assert len(cap.windows) == 60_000 and cap.sweep_at >= 100_000
+    limiter = RateLimiter(per_minute=60)
+    for i in range(60_000):
+        limiter.check(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", now=0.0)
+    assert limiter.sweep_at >= 100_000
 
 
 def test_a_client_over_its_new_session_cap_is_excluded_but_keeps_its_sessions(
         redis_server, r):
     """DNI_MAX_NEW_SESSIONS_PER_IP=2: a script asking under ever new visitor ids holds 2
-    numbers of the pool, not all of them; its visitors' sessions are still reused and
-    beat; another client is served."""
+    numbers of the pool, not all of them, even asking all at once; its visitors' sessions
+    are still reused and beat; another client is served."""
     b = BrokerProcess(redis_server, env={"DNI_MAX_NEW_SESSIONS_PER_IP": "2",
                                          "DNI_TRUSTED_PROXIES": "127.0.0.1"}).start()
     try:
@@ -136,6 +161,16 @@ def test_a_client_over_its_new_session_cap_is_excluded_but_keeps_its_sessions(
             first = [ask(f"v{i}") for i in range(5)]
             assert [a["status"] for a in first] == ["new", "new"] + ["excluded"] * 3
             assert all(a["number"] is None for a in first[2:])
+
+            async def at_once() -> list[str]:  # 20 more visitors, all in flight together
+                async with httpx.AsyncClient(base_url=b.url, headers={
+                        "X-Forwarded-For": "203.0.113.10"}) as ac:
+                    answers = await asyncio.gather(*(ac.post("/v1/dni/session", json={
+                        "pool_id": pool["id"], "visitor_id": f"w{i}"}) for i in range(20)))
+                return [a.json()["status"] for a in answers]
+
+            together = asyncio.run(at_once())
+            assert sorted(together) == ["excluded"] * 18 + ["new"] * 2, together
             again = ask("v0")
             assert again["status"] == "reused" and again["number"] == first[0]["number"]
             beat = c.post("/v1/dni/heartbeat", json={"pool_id": pool["id"], "visitor_id": "v1",
@@ -144,6 +179,6 @@ def test_a_client_over_its_new_session_cap_is_excluded_but_keeps_its_sessions(
         other = httpx.post(b.url + "/v1/dni/session", headers={"X-Forwarded-For": "198.51.100.7"},
                            json={"pool_id": pool["id"], "visitor_id": "w"})
         assert other.json()["status"] == "new"
-        assert r.zcount(f"dni:{{{pool['id']}}}:numbers", "(0", "+inf") == 3
+        assert r.zcount(f"dni:{{{pool['id']}}}:numbers", "(0", "+inf") == 5
     finally:
         b.stop()

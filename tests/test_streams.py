@@ -139,6 +139,14 @@ def test_a_restarted_consumer_takes_its_own_pending_entries_first(r: redis.Redis
     assert [json.loads(x)["session_id"] for x in out.getvalue().splitlines()] == [
         "s0", "s1", "s2", "s3"]
     assert r.xpending(stream, "crm")["pending"] == 0
+    # pending entries trimmed away meanwhile are acknowledged, not printed empty
+    _fill(r, stream, 3)
+    assert len(r.xreadgroup("crm", "c1", {stream: ">"}, count=10)[0][1]) == 3
+    r.xtrim(stream, maxlen=1, approximate=False)
+    out = io.StringIO()
+    Consumer(r, stream, "crm", "c1", claim_idle_ms=60_000, out=out).run(follow=False)
+    assert [json.loads(x)["session_id"] for x in out.getvalue().splitlines()] == ["s2"]
+    assert r.xpending(stream, "crm")["pending"] == 0
 
 
 def test_events_tail_follows_quietly_and_stops_quietly(redis_server, r: redis.Redis):
@@ -199,6 +207,16 @@ def test_retention_trims_and_counts_unacknowledged_drops(redis_server, r: redis.
     stats = {k.decode(): int(v) for k, v in r.hgetall("dni:sidecar:stats").items()}
     # the 20 dropped: 5 delivered and pending, 15 never delivered
     assert stats["trimmed"] == 20 and stats["trim_dropped_pending"] == 20
+    # the group catches up (the 5 pending ids stay pending, their entries gone); a later
+    # trim of entries it has read counts nothing more
+    r.xreadgroup("slow", "c", {"dni:sessions": ">"}, count=100)
+    r.xack("dni:sessions", "slow", *[i for i, _ in r.xrange("dni:sessions")])
+    _fill(r, "dni:sessions", 4)
+    r.xack("dni:sessions", "slow", *[i for i, _ in r.xreadgroup(
+        "slow", "c", {"dni:sessions": ">"}, count=100)[0][1]])
+    asyncio.run(run())
+    stats = {k.decode(): int(v) for k, v in r.hgetall("dni:sidecar:stats").items()}
+    assert stats["trimmed"] == 24 and stats["trim_dropped_pending"] == 20
 
 
 def test_streams_endpoint_reports_lengths_groups_and_counters(admin, r: redis.Redis):
