@@ -31,7 +31,7 @@ from typing import Any
 from .engine import Engine
 from .keys import Keys
 from .logs import Throttled
-from .redisconn import RedisUnavailable
+from .redisconn import RedisError, RedisUnavailable
 from .scripts import Script
 from .source import flat
 
@@ -207,6 +207,8 @@ class Sidecar:
                     await self.check_retention(self.keys.sessions_stream())
             except (RedisUnavailable, NotLeader):
                 raise
+            except RedisError as exc:  # Redis refuses (full, read-only...): every pool will
+                self._outage.warn("sidecar: pool %s: %s", pool_id, exc)  # say the same
             except Exception:  # noqa: BLE001 - one pool's failure must not stop the others
                 log.exception("sidecar: pool %s failed; going on with the others", pool_id)
         # Deleted pools: no script writes to their outbox any more (every one checks the
@@ -232,8 +234,8 @@ class Sidecar:
                     await self.cycle()
             except NotLeader:
                 log.info("sidecar %s lost the leader lease during a pass", self.me)
-            except RedisUnavailable as exc:  # an outage: a line now and then, no traceback
-                self._outage.warn("sidecar: %s", exc)
+            except (RedisUnavailable, RedisError) as exc:  # an outage, a full Redis...:
+                self._outage.warn("sidecar: %s", exc)  # a line now and then, no traceback
             except Exception:  # noqa: BLE001 - keep running; Redis may come back
                 log.exception("sidecar cycle failed")
             try:

@@ -242,7 +242,7 @@ def test_a_script_that_must_run_once_is_not_sent_again_after_a_drop():
     assert got == 7
 
 
-def test_a_full_redis_is_503_redis_full_and_loses_nothing(http, admin, make_pool, r):
+def test_a_full_redis_is_503_redis_full_and_loses_nothing(http, admin, make_pool, r, broker):
     """Redis at its maxmemory (noeviction) refuses writes that may grow memory: pool
     creations and new sessions are 503 `redis_full` in the error shape, live sessions stay
     alive (reuse and heartbeats only rewrite what exists), and all works once memory is
@@ -265,6 +265,9 @@ def test_a_full_redis_is_503_redis_full_and_loses_nothing(http, admin, make_pool
         new = http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": "v2"})
         assert new.status_code == 503 and new.json()["error"]["code"] == "redis_full"
         assert new.headers["access-control-allow-origin"] == "*"
+        tracebacks = broker.log().count("Traceback")
+        time.sleep(1.5)  # sidecar passes meet the full Redis too: a line, no traceback
+        assert broker.log().count("Traceback") == tracebacks, broker.log()[-3000:]
     finally:
         r.config_set("maxmemory", 0)
     assert http.post("/v1/dni/session", json={"pool_id": pool["id"], "visitor_id": "v2"}
