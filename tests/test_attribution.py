@@ -255,6 +255,15 @@ def twilio_broker(redis_server):
     b.stop()
 
 
+def test_twilio_signatures_without_a_public_url_are_warned_about(redis_server, twilio_broker):
+    """Without DNI_PUBLIC_URL the signed URL comes from the request's Host header, which
+    the sender chooses: the broker says so at start-up (and not when it is set)."""
+    b = BrokerProcess(redis_server, env={"DNI_TWILIO_AUTH_TOKEN": "12345"}).start()
+    b.stop()
+    assert "DNI_TWILIO_AUTH_TOKEN is set without DNI_PUBLIC_URL" in b.log()
+    assert "without DNI_PUBLIC_URL" not in twilio_broker.log()
+
+
 @pytest.mark.parametrize("case", ["valid", "wrong_token", "changed_param", "missing_header"])
 def test_twilio_webhook_signature(twilio_broker, r, case):
     with httpx.Client(base_url=twilio_broker.url,
