@@ -9,7 +9,7 @@ import signal
 import sys
 
 from . import __version__, events
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, positive_int
 
 
 def _settings() -> Settings | None:
@@ -30,16 +30,6 @@ def _port(raw: str) -> int:
     if not 0 < port < 65536:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a port (1-65535; DNI_PORT?)")
     return port
-
-
-def _positive(raw: str) -> int:
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number >= 1")
-    return n
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -97,7 +87,7 @@ def _sidecar(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from .embedded import running_url
+    from .embedded import side_redis_url
     from .keys import Keys
     from .redisconn import connect
     from .scripts import load_scripts
@@ -106,10 +96,8 @@ def _sidecar(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings is None:
         return 2
-    url = settings.redis_url or running_url(settings.data_dir)
+    url = side_redis_url(settings.redis_url, settings.data_dir)
     if not url:
-        print(f"dni: set DNI_REDIS_URL to the broker's Redis (no dni serve runs an embedded "
-              f"one in {settings.data_dir})", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -168,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=os.environ.get("DNI_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=_port, default=os.environ.get("DNI_PORT", "8000"),
                        help="default DNI_PORT or 8000")
-    serve.add_argument("--workers", type=_positive, default=1)
+    serve.add_argument("--workers", type=positive_int, default=1)
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_serve)
     sidecar = sub.add_parser("sidecar", help="move session records to dni:sessions")

@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -75,6 +76,16 @@ def running_url(data_dir: str | os.PathLike[str]) -> str | None:
     # an older dni serve wrote only its pid: its socket is in the data dir
     sock = Path(lines[1]) if len(lines) > 1 else here / "redis.sock"
     return f"unix://{sock}" if sock.is_socket() else None
+
+
+def side_redis_url(redis_url: str | None, data_dir: str | os.PathLike[str]) -> str | None:
+    """The Redis of `dni sidecar` and `dni events`: DNI_REDIS_URL, else the embedded one of
+    a `dni serve` on DNI_DATA_DIR; None after a one-line message saying where it looked."""
+    url = redis_url or running_url(data_dir)
+    if not url:
+        print(f"dni: set DNI_REDIS_URL to the broker's Redis (no dni serve runs an embedded "
+              f"one in {data_dir})", file=sys.stderr)
+    return url
 
 
 class EmbeddedRedis:

@@ -18,8 +18,9 @@ from typing import Any, TextIO
 import orjson
 import redis
 
+from .embedded import side_redis_url
 from .keys import Keys
-from .embedded import running_url
+from .settings import positive_int
 from .redisconn import redact_url
 
 
@@ -150,16 +151,6 @@ def tail(client: redis.Redis, stream: str, follow: bool, out: TextIO) -> None:
         out.flush()
 
 
-def _at_least_1(raw: str) -> int:
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number >= 1")
-    return n
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     events = sub.add_parser("events", help="read the sessions and calls streams")
     esub = events.add_subparsers(dest="events_command", required=True)
@@ -170,7 +161,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--consumer", help="this consumer's name in the group")
     t.add_argument("--claim-idle-ms", type=int, default=30_000,
                    help="reclaim entries pending longer than this from dead consumers")
-    t.add_argument("--max-deliveries", type=_at_least_1,
+    t.add_argument("--max-deliveries", type=positive_int,
                    default=None,
                    help="entries delivered more often go to <stream>:dead "
                         "(default DNI_MAX_DELIVERIES, 5)")
@@ -185,10 +176,8 @@ def run_tail(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"dni: {exc}", file=sys.stderr)
         return 2
-    url = settings.redis_url or running_url(settings.data_dir)
+    url = side_redis_url(settings.redis_url, settings.data_dir)
     if not url:
-        print(f"dni: set DNI_REDIS_URL to the broker's Redis (no dni serve runs an embedded "
-              f"one in {settings.data_dir})", file=sys.stderr)
         return 2
     max_deliveries = args.max_deliveries or settings.max_deliveries  # (>= 1: argparse)
     keys = Keys(settings.key_prefix)

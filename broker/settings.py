@@ -13,6 +13,19 @@ class SettingsError(ValueError):
     """A configuration value is missing or malformed; the message says which and why."""
 
 
+def positive_int(raw: str) -> int:
+    """A whole number >= 1 (an argparse type of the CLI's options)."""
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number >= 1")
+    return n
+
+
 def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
