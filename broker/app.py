@@ -29,7 +29,7 @@ from .pools import Pools
 from .providers import providers_from
 from .stats import Counts, flush, flusher
 from .ratelimit import NewSessionCap, RateLimiter
-from .redisconn import RedisError, RedisUnavailable, connect
+from .redisconn import TRANSIENT, RedisError, RedisUnavailable, connect
 from .scripts import load_scripts
 from .settings import Settings
 from .sidecar import Sidecar
@@ -83,9 +83,9 @@ async def _pool_not_found(request: Request, exc: Exception) -> Response:
 
 
 _outage_log = Throttled(log)
-# error replies of a Redis that cannot serve now (a replica, a wrong password...)
-_NOT_SERVING = ("READONLY", "NOAUTH", "WRONGPASS", "NOPERM", "MASTERDOWN", "LOADING",
-                "CLUSTERDOWN", "TRYAGAIN", "MISCONF", "BUSY")
+# error replies of a Redis that cannot serve now: those the client waits out (still
+# after its retry budget), a replica, a wrong password...
+_NOT_SERVING = TRANSIENT + ("READONLY", "NOAUTH", "WRONGPASS", "NOPERM", "MISCONF", "BUSY")
 
 
 async def _redis_unavailable(request: Request, exc: Exception) -> Response:

@@ -39,7 +39,7 @@ class ConnectionLost(RedisUnavailable):
 
 # Error replies of a Redis that is up but cannot serve yet: starting (loading its AOF or
 # RDB), a replica without its primary, a cluster slot in migration. Worth waiting for.
-_TRANSIENT = ("LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+TRANSIENT = ("LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
 def parse_redis_url(url: str) -> dict[str, Any]:
@@ -263,7 +263,7 @@ class PipelinedRedis:
                 if isinstance(exc, ConnectionLost) and not resend:
                     raise RedisUnavailable(f"Redis dropped the connection with {script.name} "
                                            f"in flight; it may or may not have run: {exc}") from exc
-                transient = isinstance(exc, ConnectionLost) or str(exc).startswith(_TRANSIENT)
+                transient = isinstance(exc, ConnectionLost) or str(exc).startswith(TRANSIENT)
                 # Resent only with a tenth of the budget left at least: a connection given
                 # up for a stall fails the commands that joined its queue just before too,
                 # and a resend to a Redis still silent would wait a whole stall again.
