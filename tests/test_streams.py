@@ -233,7 +233,8 @@ def test_streams_endpoint_reports_lengths_groups_and_counters(admin, r: redis.Re
     assert got["sidecar"]["copied"] >= 3 and got["retention_maxlen"] == 1_000_000
 
 
-def test_several_sidecars_elect_one_leader(redis_server, r: redis.Redis):
+def test_several_sidecars_elect_one_leader(own_redis):
+    redis_server, r = own_redis  # no other broker's sidecar leads here
     async def run() -> list[bool]:
         client = PipelinedRedis(redis_server)
         cars = [Sidecar(client, Keys("dni"), load_scripts()) for _ in range(3)]
@@ -267,9 +268,10 @@ def _started(r: redis.Redis, pool_id: str, count: int, fmt: str = "s{}") -> None
                                              "source": b"\nua\n{}"})
 
 
-def test_an_undecodable_or_failing_pool_does_not_stop_the_sidecar(redis_server, r: redis.Redis):
+def test_an_undecodable_or_failing_pool_does_not_stop_the_sidecar(own_redis):
     """An outbox entry that is not UTF-8 is copied with replacement characters, and a
     pool whose step fails is logged and skipped: the other pools' entries still move."""
+    redis_server, r = own_redis  # no other broker's sidecar leads here
     keys = Keys("dni")
 
     async def run() -> dict:
@@ -291,10 +293,11 @@ def test_an_undecodable_or_failing_pool_does_not_stop_the_sidecar(redis_server, 
     assert r.xlen(keys.outbox("a")) == 0 and r.xlen(keys.outbox("c")) == 0
 
 
-def test_copying_past_the_retention_warns_about_unread_entries(redis_server, r: redis.Redis):
+def test_copying_past_the_retention_warns_about_unread_entries(own_redis):
     """The sidecar's own copying overflows the retention: the trim that follows counts
     the entries a consumer group had not read (the copy itself does not trim them away
     unseen)."""
+    redis_server, r = own_redis  # no other broker's sidecar leads here
     keys = Keys("dni")
     r.xgroup_create(keys.sessions_stream(), "slow", id="0", mkstream=True)
     # 900 entries, retention 200: far over twice the retention, where a capped write
@@ -313,9 +316,10 @@ def test_copying_past_the_retention_warns_about_unread_entries(redis_server, r: 
     assert stats["trimmed"] == 700 and stats["trim_dropped_pending"] == 700
 
 
-def test_a_pass_longer_than_the_lease_keeps_it_and_copies_once(redis_server, r: redis.Redis):
+def test_a_pass_longer_than_the_lease_keeps_it_and_copies_once(own_redis):
     """A sidecar whose pass outlasts its leader lease renews it as it goes, so a second
     sidecar never copies the same outbox alongside: every entry once, in order."""
+    redis_server, r = own_redis  # no other broker's sidecar leads here
     keys = Keys("dni")
     _started(r, "a", 640, "s{:04d}")
 
@@ -355,11 +359,11 @@ def test_a_pass_longer_than_the_lease_keeps_it_and_copies_once(redis_server, r: 
     assert ids == [f"s{i:04d}" for i in range(640)]
 
 
-def test_a_sidecar_stalled_past_its_lease_does_not_copy_what_it_read(redis_server,
-                                                                   r: redis.Redis):
+def test_a_sidecar_stalled_past_its_lease_does_not_copy_what_it_read(own_redis):
     """A sidecar pauses (GC, a frozen VM) after reading a batch, past its lease; another
     takes over and copies the outbox. Back, the first checks it still leads before
     writing: no entry is copied twice (nor after its own session.ended)."""
+    redis_server, r = own_redis  # no other broker's sidecar leads here
     keys = Keys("dni")
     _started(r, "a", 64, "s{:04d}")
 
