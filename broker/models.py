@@ -148,6 +148,12 @@ def decode(body: bytes, cls: type[Struct]) -> Struct:
     try:
         return dec.decode(body)
     except msgspec.ValidationError as exc:
+        # msgspec validates while it parses: a type error may come before a syntax error
+        # (a body cut short); malformed JSON is 400 whatever it held before the cut
+        try:
+            msgspec.json.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            raise ApiError(400, "bad_json", "the body is not valid JSON") from None
         raise ApiError(422, _validation_code(str(exc)), str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None

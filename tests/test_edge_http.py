@@ -99,6 +99,9 @@ def test_fallback_and_unavailable_over_http(http, make_pool):
     (b"\xff\xfe", 400, "bad_json"),
     (b'{"pool_id": "p", "visitor_id": "v", "utm_source": "\xe9"}', 400, "bad_json"),
     (b"", 400, "bad_json"),
+    # cut short after a value of the wrong type: still malformed JSON first
+    (b'{"pool_id": 5, "visitor_id":', 400, "bad_json"),
+    (b"[1,", 400, "bad_json"),
     (b"[]", 422, "invalid_body"),
     (b"{}", 422, "missing_field"),
     (b'{"pool_id": "p"}', 422, "missing_field"),
