@@ -15,6 +15,9 @@ from .models import POOL_ID_RE, NumbersAdd, PoolCreate, PoolUpdate, decode
 from .stats import pool_stats as compute_stats
 
 
+BEARER = {"www-authenticate": 'Bearer realm="dni"'}  # what a 401 asks for (RFC 9110)
+
+
 def authorized(request: Request) -> bool:
     """Whether the request carries the admin bearer token (compared in constant time)."""
     token = request.app.state.settings.admin_token
@@ -25,9 +28,10 @@ def authorized(request: Request) -> bool:
 
 def _authorize(request: Request) -> None:
     if not request.app.state.settings.admin_token:
-        raise ApiError(401, "unauthorized", "the admin API is off: DNI_ADMIN_TOKEN is not set")
+        raise ApiError(401, "unauthorized", "the admin API is off: DNI_ADMIN_TOKEN is not set",
+                       BEARER)
     if not authorized(request):
-        raise ApiError(401, "unauthorized", "missing or wrong bearer token")
+        raise ApiError(401, "unauthorized", "missing or wrong bearer token", BEARER)
 
 
 def _pool_id(request: Request) -> str:

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .admin import authorized
+from .admin import BEARER, authorized
 from .errors import ApiError
 from .http import json_response, read_body
 from .models import decode
@@ -70,7 +70,7 @@ async def _parse(request: Request) -> tuple[dict[str, Any], bool]:
         if not authorized(request):
             token = settings.twilio_auth_token
             if not token:
-                raise ApiError(401, "unauthorized", "missing or wrong bearer token")
+                raise ApiError(401, "unauthorized", "missing or wrong bearer token", BEARER)
             given = request.headers.get("x-twilio-signature", "")
             expected = twilio_signature(token, _public_url(request), params)
             if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -82,7 +82,7 @@ async def _parse(request: Request) -> tuple[dict[str, Any], bool]:
         return {"to": params["To"], "from": params.get("From") or None,
                 "call_id": params["CallSid"], "at": None}, signed
     if not authorized(request):
-        raise ApiError(401, "unauthorized", "missing or wrong bearer token")
+        raise ApiError(401, "unauthorized", "missing or wrong bearer token", BEARER)
     req = decode(await read_body(request.scope, request.receive, settings.max_body_bytes),
                  CallRequest)
     return {"to": req.to, "from": req.from_, "call_id": req.call_id, "at": req.at}, False

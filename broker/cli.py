@@ -72,6 +72,9 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.run("broker.app:create_app", factory=True, host=args.host, port=args.port,
                     workers=args.workers, log_level=args.log_level, access_log=False,
                     server_header=False, http=HttpProtocol or "auto",
+                    # no WebSocket routes: an upgrade request is plain HTTP (uvicorn's
+                    # WebSocket layer would refuse it with an empty 403)
+                    ws="none",
                     # X-Forwarded-For is honoured only from these addresses.
                     proxy_headers=bool(settings.trusted_proxies),
                     forwarded_allow_ips=settings.trusted_proxies or None)

@@ -116,6 +116,9 @@ def test_admin_routes_need_the_token(http, make_pool):
                          ("GET", "/v1/stats")]:
         res = http.request(method, path, json={})
         assert res.status_code == 401 and error_of(res) == "unauthorized", path
+        assert res.headers["www-authenticate"].startswith("Bearer "), path
+    res = http.post("/v1/calls", json={"to": n, "call_id": "c1"})  # calls take it too
+    assert res.status_code == 401 and res.headers["www-authenticate"].startswith("Bearer ")
 
 
 def test_unknown_pool_on_new_routes(admin):

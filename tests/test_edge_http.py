@@ -251,17 +251,12 @@ def test_known_bots_are_excluded_and_hold_nothing(http, make_pool, admin, ua):
     assert unknown.status_code == 404 and error_of(unknown) == "pool_not_found"
 
 
-@pytest.mark.parametrize("raw", [
-    b"GARBAGE\r\n\r\n",
-    b"POST /v1/dni/session HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
-])
-def test_a_request_that_is_not_http_gets_the_error_shape(broker, raw):
-    """Requests the HTTP parser rejects before the app sees them: 400 in the contract's
-    error shape (JSON, CORS), not the server's plain text."""
+def raw_exchange(url: str, raw: bytes) -> tuple[list[str], dict[str, str], bytes]:
+    """Send bytes on a fresh connection: the status line, headers and body answered."""
     import socket
     from urllib.parse import urlsplit
 
-    u = urlsplit(broker.url)
+    u = urlsplit(url)
     with socket.create_connection((u.hostname, u.port), timeout=5) as sock:
         sock.sendall(raw)
         data = b""
@@ -269,9 +264,30 @@ def test_a_request_that_is_not_http_gets_the_error_shape(broker, raw):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return lines, dict(line.lower().split(": ", 1) for line in lines[1:]), body
+
+
+@pytest.mark.parametrize("raw", [
+    b"GARBAGE\r\n\r\n",
+    b"POST /v1/dni/session HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+])
+def test_a_request_that_is_not_http_gets_the_error_shape(broker, raw):
+    """Requests the HTTP parser rejects before the app sees them: 400 in the contract's
+    error shape (JSON, CORS), not the server's plain text."""
+    lines, headers, body = raw_exchange(broker.url, raw)
     assert lines[0] == "HTTP/1.1 400 Bad Request"
     assert headers["content-type"] == "application/json"
     assert headers["access-control-allow-origin"] == "*"
     assert int(headers["content-length"]) == len(body)
     assert orjson.loads(body)["error"]["code"] == "bad_request"
+
+
+def test_a_websocket_upgrade_is_plain_http(broker):
+    """No route speaks WebSocket: an upgrade request is answered as HTTP (here 405 in the
+    error shape), not by uvicorn's WebSocket layer with an empty 403."""
+    lines, headers, body = raw_exchange(broker.url, (
+        b"GET /v1/dni/session HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"))
+    assert lines[0] == "HTTP/1.1 405 Method Not Allowed"
+    assert orjson.loads(body)["error"]["code"] == "method_not_allowed"
