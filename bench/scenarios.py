@@ -176,19 +176,23 @@ def pressure(args: argparse.Namespace, ctx: ExitStack, out: dict) -> list[tuple[
     th.join()
     st = res["statuses"]
     sessions = sum(st.get(k, 0) for k in ("new", "reused", "fallback", "unavailable"))
-    m = loadgen.VisitorModel(rate=rate, **_model(args))
-    # Little's law: live sessions ~ new-session rate x how long one is held (the rest of
-    # the visit plus one session length after its last refresh), in compressed time.
-    hold_s = (args.visit_s + args.session_s) / args.speed
-    visits = m.visit_rate * args.new_share  # a returning visit mostly reuses its session
     sizing = asyncio.run(_admin_sizing(redis.url, pool_id, st, blocked,
                                        args.heartbeat_s / args.speed))
+    # Little's law: live sessions = the rate sessions start x how long a lease is held
+    # (the admin API's holding time: the leases that ended during the run)
+    new_per_s = st.get("new", 0) / res["elapsed_s"] if res["elapsed_s"] else 0.0
+    arrivals = st.get("new", 0) + len(blocked)
     out["pressure"] = {
         "pool_size": args.pool_size, "session_s": args.session_s, "rate": rate,
-        "fallback_rate": round(st.get("fallback", 0) / sessions, 4) if sessions else None,
+        # per visitor, as the admin API's fallback_probability: the distinct visitors
+        # turned away at least once, of those who arrived (started a session or were)
+        "turned_away_share": round(len(blocked) / arrivals, 4) if arrivals else None,
+        # per answer: returning visitors' pages and the retries of the turned away count
+        "fallback_share_of_answers": round(st.get("fallback", 0) / sessions, 4)
+        if sessions else None,
         "utilization_over_time": samples,
         "peak_utilization": max((s["utilization"] for s in samples), default=None),
-        "estimated_live_sessions_littles_law": round(visits * hold_s),
+        "estimated_live_sessions_littles_law": round(new_per_s * sizing["holding_time_s"]),
         # what GET /v1/pools/{id}/stats answers for this pool after the run, its answer
         # counts being the run's (this scenario calls the scripts, not the edge)
         "recommended_size_admin_api": sizing["recommended_size"],
@@ -204,13 +208,22 @@ async def _admin_sizing(redis_url: str, pool_id: str, statuses: dict, blocked: l
     from broker.keys import Keys
     from broker.redisconn import PipelinedRedis
     from broker.scripts import load_scripts
+    from broker.sidecar import tally_ended
     from broker.stats import BUCKET_TTL_S, FIELDS, HOUR_MS, PRESSURE_PCT, pool_stats
 
     conn = PipelinedRedis(redis_url)
     try:
         scripts = load_scripts()
         await conn.load_scripts(list(scripts.values()))
-        engine = Engine(conn, Keys(), scripts)
+        keys = Keys()
+        engine = Engine(conn, keys, scripts)
+        if not await conn.execute("EXISTS", keys.sidecar_leader()):
+            # no sidecar runs here: tally the lease lengths of the sessions that ended (in
+            # the outbox, reported by the sampler's end_sessions) as it would
+            entries = await conn.execute("XRANGE", keys.outbox(pool_id), "-", "+")
+            await asyncio.gather(*tally_ended(conn, keys, pool_id, [
+                {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
+                for _, raw in entries]))
         counts = {f: statuses[f] for f in FIELDS if statuses.get(f)}
         if counts:
             await engine.record_counts(pool_id, int(time.time() // 60), counts, BUCKET_TTL_S,

@@ -26,7 +26,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Awaitable
 
 from .engine import Engine
 from .keys import Keys
@@ -34,6 +34,7 @@ from .logs import Throttled
 from .redisconn import RedisError, RedisUnavailable
 from .scripts import Script
 from .source import flat
+from .stats import BUCKET_TTL_S
 
 log = logging.getLogger("dni.sidecar")
 
@@ -59,6 +60,31 @@ def consumer_fields(raw: dict[str, str]) -> dict[str, str]:
     out = {k: v for k, v in raw.items() if k != "source"}
     out.update(flat(raw.get("source")))
     return out
+
+
+def tally_ended(redis: Any, keys: Keys, pool_id: str,
+                records: list[dict[str, str]]) -> list[Awaitable[Any]]:
+    """The writes adding the `session.ended` records' lease lengths to the pool's minute
+    buckets (by the minute each lease ended): `ended` +1 and `held_ms` +duration_ms each.
+    The admin API's sizing reads its holding time there (stats.py)."""
+    ended: dict[int, list[int]] = {}  # minute -> [leases ended, their total ms]
+    for rec in records:
+        if rec.get("event") != "session.ended":
+            continue
+        try:
+            minute, ms = int(rec["ended_at"]) // 60_000, int(rec["duration_ms"])
+        except (KeyError, ValueError):
+            continue
+        tally = ended.setdefault(minute, [0, 0])
+        tally[0] += 1
+        tally[1] += ms
+    writes = []
+    for minute, (n, ms) in ended.items():
+        key = keys.minute(pool_id, minute)
+        writes += [redis.execute("HINCRBY", key, "ended", n),
+                   redis.execute("HINCRBY", key, "held_ms", ms),
+                   redis.execute("EXPIRE", key, BUCKET_TTL_S, "NX")]  # as the counts' buckets
+    return writes
 
 
 class NotLeader(Exception):
@@ -111,19 +137,20 @@ class Sidecar:
             entries = await self.redis.execute("XRANGE", outbox, "-", "+", "COUNT", BATCH)
             if not entries:
                 return copied
-            batch = []
-            for _, raw in entries:
-                fields = consumer_fields({_s(raw[i]): _s(raw[i + 1])
-                                          for i in range(0, len(raw), 2)})
-                batch.append([x for kv in fields.items() for x in kv])
+            records = [{_s(raw[i]): _s(raw[i + 1]) for i in range(0, len(raw), 2)}
+                       for _, raw in entries]
+            batch = [[x for kv in consumer_fields(rec).items() for x in kv] for rec in records]
             # Still the leader, right before writing (which renews the lease): one that
             # stalled past its lease after reading the batch (a long pause) must not copy
             # it after the new leader has. No cap on these writes: the retention check
             # after the copy trims, counting what consumer groups had not read.
             if not await self.lead():
                 raise NotLeader
+            # one pipelined batch, in order; the lease lengths go to the pool's minute
+            # buckets, where the admin API's sizing reads its holding time (stats.py)
             await asyncio.gather(*(self.redis.execute("XADD", sessions, "*", *flat_fields)
-                                   for flat_fields in batch))  # one pipelined batch, in order
+                                   for flat_fields in batch),
+                                 *tally_ended(self.redis, self.keys, pool_id, records))
             await self.redis.execute("XDEL", outbox, *(entry_id for entry_id, _ in entries))
             copied += len(entries)
             await asyncio.sleep(0)

@@ -9,9 +9,13 @@ ever holds the pools that had traffic since the last flush, so memory is bounded
 number of pools. Counts of a process that dies are lost for at most one flush interval.
 
 Sizing is Erlang B: visitors arrive at rate lambda (new sessions plus distinct visitors
-answered fallback or unavailable, per second over the last hour) and hold a number for the visit length plus the session
-length; the recommended size is the smallest pool whose blocking probability B(N, A),
-A = lambda * holding time, is at most the target (default 1%).
+answered fallback or unavailable, per second, in the busiest 15 minutes of the last hour)
+and hold a number for the holding time: the mean length of the leases that ended in the
+last hour, from start to end (each page view and heartbeat refreshes a lease; the sidecar
+adds the `session.ended` durations it copies to the minute buckets), or, before any lease
+has ended, the visit length the heartbeats tell plus one session length. The recommended
+size is the smallest pool whose blocking probability B(N, A), A = lambda * holding time,
+is at most the target (default 1%).
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ log = logging.getLogger("dni.stats")
 
 STATUSES = ("new", "reused", "fallback", "unavailable")
 FIELDS = (*STATUSES, "alive")  # alive: heartbeats answered alive (for the visit length)
+# what the sidecar adds to the buckets: leases ended in the minute, and their total length
+ENDED_FIELDS = ("ended", "held_ms")
 BUCKET_TTL_S = 25 * 3600
 PRESSURE_PCT = 80
 HOUR_MS = 3_600_000
+BUSY_MINUTES = 15  # the sizing's arrival rate is that of the busiest such span of the hour
 
 
 class Counts:
@@ -112,10 +119,11 @@ def recommended_size(load: float, target: float) -> int:
 
 
 def _sum(buckets: list[list[Any]]) -> tuple[dict[str, int], int]:
-    totals = dict.fromkeys(FIELDS, 0)
+    """Totals of minute buckets (HMGET *FIELDS, *ENDED_FIELDS, "peak") and their peak."""
+    totals = dict.fromkeys((*FIELDS, *ENDED_FIELDS), 0)
     peak = 0
     for values in buckets:
-        for field, v in zip(FIELDS, values):
+        for field, v in zip(totals, values):
             if v is not None:
                 totals[field] += int(v)
         if values[-1] is not None:
@@ -136,29 +144,48 @@ async def pool_stats(engine: Engine, pool_id: str, heartbeat_s: int,
     buckets: list[list[Any]] = []
     for start in range(0, 1440, 60):  # an hour at a time: bounded concurrency (Cluster)
         buckets += await asyncio.gather(*(
-            redis.execute("HMGET", k.minute(pool_id, now_min - i), *FIELDS, "peak")
+            redis.execute("HMGET", k.minute(pool_id, now_min - i), *FIELDS, *ENDED_FIELDS,
+                          "peak")
             for i in range(start, start + 60)))
     hour, peak_hour = _sum(buckets[:60])
     day, peak_day = _sum(buckets)
     peak_hour = max(peak_hour, s.active_sessions)
     peak_day = max(peak_day, peak_hour)
 
-    # The hour's buckets cover 59 whole minutes and the current one so far; a younger pool
-    # is counted over its age.
-    covered_s = 59 * 60 + (s.now_ms % 60_000) / 1000
-    age_s = (s.now_ms - created_at) / 1000 if created_at else covered_s
-    window_s = max(1.0, min(covered_s, age_s))
+    # Minute i (0: the current one, so far) starts at (now_min - i) minutes; a span of
+    # minutes is counted over its part after the pool's creation.
+    def span_s(newest: int, oldest: int) -> float:
+        start = (now_min - oldest) * 60_000
+        if created_at:
+            start = max(start, created_at)
+        return max(1.0, (min(s.now_ms, (now_min - newest + 1) * 60_000) - start) / 1000)
+
     # Arrivals: sessions started, plus the distinct visitors turned away (the snippet asks
-    # again every heartbeat_s while a pool is full: its retries are the same arrival)
-    blocked = await redis.execute("PFCOUNT", *(k.blocked(pool_id, now_min - i)
-                                               for i in range(60)))
-    arrivals = hour["new"] + blocked
-    rate = arrivals / window_s
-    # each heartbeat answered `alive` stands for one beat interval of the visit: the one the
-    # broker tells the snippet for this pool's session length
-    beat = beat_s(heartbeat_s, ttl_ms)
-    visit_s = hour["alive"] * beat / hour["new"] if hour["new"] else 0.0
-    holding_s = visit_s + ttl_ms / 1000
+    # again every heartbeat_s while a pool is full: its retries are the same arrival).
+    # Sized for the busiest 15 minutes of the hour, not its mean: a burst is what fills a
+    # pool, and the recommendation must not shrink while the hour forgets the burst.
+    spans = [(0, 59)] + [(i, i + BUSY_MINUTES - 1) for i in range(60 - BUSY_MINUTES + 1)]
+    blocked_in = await asyncio.gather(*(
+        redis.execute("PFCOUNT", *(k.blocked(pool_id, now_min - i) for i in range(a, b + 1)))
+        for a, b in spans))
+    new_per_min = [int(b[0]) if b[0] is not None else 0 for b in buckets[:60]]
+    # spans shorter than the current one (the pool's age, when younger) are left out: a
+    # few minutes of a young pool's life would make a noisy rate
+    shortest = min(14 * 60, span_s(0, BUSY_MINUTES - 1))
+    rates = [(sum(new_per_min[a:b + 1]) + blocked) / span_s(a, b)
+             for (a, b), blocked in zip(spans, blocked_in)]
+    blocked, rate_hour = blocked_in[0], rates[0]
+    rate = max(r for r, (a, b) in zip(rates[1:], spans[1:]) if span_s(a, b) >= shortest)
+    ttl_s = ttl_ms / 1000
+    if hour["ended"]:  # the leases themselves: page views, tabs and beats all counted
+        holding_s = hour["held_ms"] / hour["ended"] / 1000
+        visit_s = max(0.0, holding_s - ttl_s)
+    else:
+        # each heartbeat answered `alive` stands for one beat interval of the visit: the
+        # one the broker tells the snippet for this pool's session length
+        beat = beat_s(heartbeat_s, ttl_ms)
+        visit_s = hour["alive"] * beat / hour["new"] if hour["new"] else 0.0
+        holding_s = visit_s + ttl_s
     load = rate * holding_s
     pressure = bool(pressure_at) and s.now_ms - pressure_at <= HOUR_MS
     return {
@@ -177,7 +204,9 @@ async def pool_stats(engine: Engine, pool_id: str, heartbeat_s: int,
         "sizing": {
             "target_fallback": target,
             "arrivals_per_s": round(rate, 6),
+            "arrivals_per_s_last_hour": round(rate_hour, 6),
             "blocked_visitors_last_hour": blocked,
+            "ended_sessions_last_hour": hour["ended"],
             "mean_visit_s": round(visit_s, 3),
             "holding_time_s": round(holding_s, 3),
             "offered_load_erlangs": round(load, 4),

@@ -207,3 +207,47 @@ def test_a_pool_with_no_numbers_turning_visitors_away_is_under_pressure(admin, h
     st = admin.get(f"/v1/pools/{pool['id']}/stats").json()
     assert st["pressure"] is True
     assert [e[b"pool_id"].decode() for _, e in r.xrange("dni:events")] == [pool["id"]]
+
+
+def test_holding_time_is_the_length_of_the_leases_that_ended(admin, http, make_pool, r):
+    """A visitor who views pages more often than the heartbeat interval never beats: the
+    holding time is measured on the lease itself (from the sidecar's session.ended), not
+    guessed from heartbeats, which would say one session length."""
+    pool = make_pool(2, session_ttl_s=2)
+    pid = pool["id"]
+    ask = {"pool_id": pid, "visitor_id": "reader"}
+    first = http.post("/v1/dni/session", json=ask).json()
+    time.sleep(1.0)
+    again = http.post("/v1/dni/session", json=ask).json()  # a second page: the lease refreshed
+    assert (first["status"], again["status"]) == ("new", "reused")
+    deadline = time.monotonic() + 10
+    while True:  # the lease ends 2 s after the second page; the sidecar reports it
+        sizing = admin.get(f"/v1/pools/{pid}/stats").json()["sizing"]
+        if sizing["ended_sessions_last_hour"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert sizing["ended_sessions_last_hour"] == 1
+    held_s = (again["expires_at"] - (first["expires_at"] - 2000)) / 1000
+    assert held_s == pytest.approx(3.0, abs=0.3)
+    assert sizing["holding_time_s"] == pytest.approx(held_s, abs=0.01)
+    assert sizing["mean_visit_s"] == pytest.approx(held_s - 2, abs=0.01)
+    ttls = [r.ttl(k) for k in r.keys(f"dni:{{{pid}}}:m:*")]  # the sidecar's buckets expire too
+    assert ttls and all(24 * 3600 < t <= 25 * 3600 for t in ttls)
+
+
+def test_sizing_uses_the_busiest_15_minutes_of_the_hour(admin, make_pool, r):
+    """A burst half an hour ago sizes the pool at its own rate, not at the hour's mean."""
+    pool = make_pool(1, session_ttl_s=60)
+    pid = pool["id"]
+    sec, _ = r.time()
+    now_min = sec // 60
+    r.hset(f"dni:{{{pid}}}:pool", "created_at", (now_min - 120) * 60_000)  # an old pool
+    r.hset(f"dni:{{{pid}}}:m:{now_min - 30}", "new", 900)  # 900 sessions in one minute
+    r.hset(f"dni:{{{pid}}}:m:{now_min - 50}", "new", 90)
+    sizing = admin.get(f"/v1/pools/{pid}/stats").json()["sizing"]
+    assert sizing["arrivals_per_s"] == pytest.approx(900 / 900)  # 900 in 15 minutes
+    st = admin.get(f"/v1/pools/{pid}/stats").json()
+    hour_s = 59 * 60 + (st["at"] % 60_000) / 1000
+    assert st["sizing"]["arrivals_per_s_last_hour"] == pytest.approx(990 / hour_s, rel=1e-2)
+    assert sizing["offered_load_erlangs"] == pytest.approx(1.0 * 60)
+    assert sizing["recommended_size"] == recommended_size(60.0, 0.01)
