@@ -37,7 +37,7 @@ def _line(stream: str, entry_id: Any, fields: dict) -> bytes:
 class Consumer:
     def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str,
                  claim_idle_ms: int = 30_000, max_deliveries: int = 5,
-                 out: TextIO | None = None) -> None:
+                 out: TextIO | None = None, dead_maxlen: int = 1_000_000) -> None:
         self.r = client
         self.stream = stream
         self.group = group
@@ -45,6 +45,7 @@ class Consumer:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.dead = Keys(stream.split(":", 1)[0]).dead_letters(stream)
+        self.dead_maxlen = dead_maxlen  # the dead letters kept (DNI_STREAM_MAXLEN), newest
         self.out = out or sys.stdout
         try:
             self.r.xgroup_create(stream, group, id="0", mkstream=True)
@@ -72,7 +73,9 @@ class Consumer:
                 dead.update({b"dead_from": self.stream, b"dead_id": entry_id,
                              b"dead_group": self.group,
                              b"deliveries": str(deliveries[_s(entry_id)])})
-                self.r.xadd(self.dead, dead)
+                # exact trim: rare writes, and a consumer failing for months must not
+                # grow the dead-letter stream without bound (the sidecar does not trim it)
+                self.r.xadd(self.dead, dead, maxlen=self.dead_maxlen, approximate=False)
             else:
                 self.out.write(_line(self.stream, entry_id, fields).decode() + "\n")
                 self.out.flush()
@@ -194,7 +197,7 @@ def run_tail(args: argparse.Namespace) -> int:
                 print("dni: --group needs --consumer", file=sys.stderr)
                 return 2
             Consumer(client, stream, args.group, args.consumer, args.claim_idle_ms,
-                     max_deliveries).run(args.follow)
+                     max_deliveries, dead_maxlen=settings.stream_maxlen).run(args.follow)
         else:
             tail(client, stream, args.follow, sys.stdout)
     except KeyboardInterrupt:

@@ -96,6 +96,18 @@ def _fill(r: redis.Redis, stream: str, count: int) -> list[bytes]:
             for i in range(count)]
 
 
+def test_the_dead_letter_stream_keeps_the_newest_only(r: redis.Redis):
+    stream = "dni:sessions"
+    ids = _fill(r, stream, 3)
+    r.xgroup_create(stream, "crm", id="0")
+    r.xreadgroup("crm", "a", {stream: ">"}, count=10)  # delivered once, never acknowledged
+    r.xclaim(stream, "crm", "crashy", 0, ids)  # and again: every entry is poison
+    time.sleep(0.06)
+    Consumer(r, stream, "crm", "b", claim_idle_ms=50, max_deliveries=1, out=io.StringIO(),
+             dead_maxlen=2).run(follow=False)
+    assert [e[1][b"dead_id"] for e in r.xrange("dni:sessions:dead")] == ids[1:]
+
+
 def test_crashed_consumer_entries_go_to_another_and_poison_to_dead_letters(r: redis.Redis):
     stream = "dni:sessions"
     ids = _fill(r, stream, 5)
