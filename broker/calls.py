@@ -127,16 +127,16 @@ async def post_call(request: Request) -> Response:
 
 async def attribute(state: Any, to: str, at: int | None, grace_ms: int) -> dict[str, Any]:
     keys = state.engine.keys
-    pool_id = await state.redis.execute("HGET", keys.number_index(), to)
+    pool_id = await state.redis.read("HGET", keys.number_index(), to)
     if pool_id is None:
-        backup_of = await state.redis.execute("HGET", keys.backup_index(), to)
+        backup_of = await state.redis.read("HGET", keys.backup_index(), to)
         reason = "backup_number" if backup_of is not None else "not_a_pool_number"
         out: dict[str, Any] = {"attributed": False, "reason": reason,
                                "at": at if at is not None else None}
         if backup_of is not None:
             out["pool_id"] = backup_of.decode()
         if out["at"] is None:
-            sec, usec = await state.redis.execute("TIME")
+            sec, usec = await state.redis.read("TIME")
             out["at"] = int(sec) * 1000 + int(usec) // 1000
         return out
     pool_id = pool_id.decode()

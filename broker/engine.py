@@ -169,7 +169,7 @@ class Engine:
         return added
 
     async def pool_exists(self, pool_id: str) -> bool:
-        return bool(await self.redis.execute("EXISTS", self.keys.pool(pool_id)))
+        return bool(await self.redis.read("EXISTS", self.keys.pool(pool_id)))
 
     async def end_sessions(self, pool_id: str, batch: int = 64) -> int:
         """Walk the numbers whose score passed (end_sessions-5.lua): report the leases

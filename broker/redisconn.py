@@ -260,19 +260,34 @@ class PipelinedRedis:
                         raise
                     return await self.execute("EVAL", script.body, script.numkeys, *keys, *args)
             except (ConnectionLost, RedisError) as exc:
-                if isinstance(exc, ConnectionLost) and not resend:
-                    raise RedisUnavailable(f"Redis dropped the connection with {script.name} "
-                                           f"in flight; it may or may not have run: {exc}") from exc
-                transient = isinstance(exc, ConnectionLost) or str(exc).startswith(TRANSIENT)
-                # Resent only with a tenth of the budget left at least: a connection given
-                # up for a stall fails the commands that joined its queue just before too,
-                # and a resend to a Redis still silent would wait a whole stall again.
-                if not transient or deadline - time.monotonic() < 0.1 * self.retry_s:
-                    if transient:
-                        raise RedisUnavailable(f"Redis did not recover: {exc}") from exc
-                    raise
-                if not isinstance(exc, ConnectionLost):
-                    await asyncio.sleep(0.05)
+                await self._recover(exc, deadline, resend, script.name)
+
+    async def read(self, *args: Any) -> Any:
+        """A command that is safe to send twice (a read), sent again as evalsha's scripts
+        are: when the connection drops with it in flight or Redis is still loading, within
+        `retry_s` (a telephony webhook arriving in a Redis blip is not lost)."""
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                return await self.execute(*args)
+            except (ConnectionLost, RedisError) as exc:
+                await self._recover(exc, deadline, True, str(args[0]))
+
+    async def _recover(self, exc: Exception, deadline: float, resend: bool, what: str) -> None:
+        """After a failed send: return to send it again, or raise."""
+        if isinstance(exc, ConnectionLost) and not resend:
+            raise RedisUnavailable(f"Redis dropped the connection with {what} in flight; "
+                                   f"it may or may not have run: {exc}") from exc
+        transient = isinstance(exc, ConnectionLost) or str(exc).startswith(TRANSIENT)
+        # Resent only with a tenth of the budget left at least: a connection given up for
+        # a stall fails the commands that joined its queue just before too, and a resend
+        # to a Redis still silent would wait a whole stall again.
+        if not transient or deadline - time.monotonic() < 0.1 * self.retry_s:
+            if transient:
+                raise RedisUnavailable(f"Redis did not recover: {exc}") from exc
+            raise exc
+        if not isinstance(exc, ConnectionLost):
+            await asyncio.sleep(0.05)
 
     async def load_scripts(self, scripts: list[Script]) -> None:
         for script in scripts:
@@ -334,6 +349,8 @@ class ClusterRedis:
 
     async def execute(self, *args: Any) -> Any:
         return await self._call(lambda: self._client.execute_command(*args))
+
+    read = execute  # every command is retried within the budget here (_call)
 
     async def evalsha(self, script: Script, keys: list[str], args: list[Any],
                       resend: bool = True) -> Any:

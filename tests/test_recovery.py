@@ -182,7 +182,8 @@ class _FlakyRedis(asyncio.Protocol):
             self.transport.write(step)
 
 
-async def _against_flaky(script: list[bytes], retry_s: float, resend: bool = True):
+async def _against_flaky(script: list[bytes], retry_s: float, resend: bool = True,
+                         read: bool = False):
     from broker.redisconn import PipelinedRedis
     from broker.scripts import Script
 
@@ -193,6 +194,8 @@ async def _against_flaky(script: list[bytes], retry_s: float, resend: bool = Tru
     try:
         started = time.monotonic()
         try:
+            if read:  # a plain read command (redisconn.read), not a script
+                return await client.read("GET", "k"), time.monotonic() - started
             return await client.evalsha(Script("t", 0, b"return 7", "0" * 40), [], [],
                                         resend), time.monotonic() - started
         except Exception as exc:  # noqa: BLE001 - the test inspects it
@@ -207,6 +210,15 @@ def test_lost_connection_and_loading_replies_are_waited_out():
     loading = b"-LOADING Redis is loading the dataset in memory\r\n"
     script = [b"drop", loading, loading, loading]
     reply, _ = asyncio.run(_against_flaky(script, retry_s=3))
+    assert reply == 7 and script == []
+
+
+def test_a_read_is_sent_again_after_a_drop_as_scripts_are():
+    """The reads of a call's attribution (number index, clock): a webhook arriving in a
+    Redis blip waits it out instead of answering 503."""
+    loading = b"-LOADING Redis is loading the dataset in memory\r\n"
+    script = [b"drop", loading]
+    reply, _ = asyncio.run(_against_flaky(script, retry_s=3, read=True))
     assert reply == 7 and script == []
 
 
