@@ -33,11 +33,13 @@ CALL_ID_KEEP_S = 7 * 86400
 
 # epoch ms up to the end of year 9999: anything later is a unit mistake, not a time
 CallTime = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799_999)]
+# a provider's call id (Twilio's CallSid is 34): 422 invalid_call_id outside 1-128
+CallId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
 class CallRequest(msgspec.Struct):
     to: str
-    call_id: str
+    call_id: CallId
     from_: str | None = msgspec.field(name="from", default=None)
     at: CallTime | None = None
 
@@ -92,6 +94,7 @@ async def post_call(request: Request) -> Response:
     state = request.app.state
     settings = state.settings
     call, _ = await _parse(request)
+    # JSON bodies were held to CallId by the decoder; a form's CallSid is checked here
     if not call["call_id"] or len(call["call_id"]) > 128:
         raise ApiError(422, "invalid_call_id", "call_id must be 1-128 characters")
     try:

@@ -119,7 +119,7 @@ _FIELD_CODES = {"pool_id": "invalid_pool_id", "visitor_id": "invalid_visitor_id"
                 "policy": "invalid_policy", "provider": "invalid_provider",
                 "count": "invalid_count", "area_code": "invalid_area_code",
                 "contains": "invalid_pattern", "country": "invalid_country",
-                "at": "invalid_at"}
+                "at": "invalid_at", "call_id": "invalid_call_id"}
 _AT_RE = re.compile(r"- at `\$((?:\.[A-Za-z_]+)*)")
 
 

@@ -189,6 +189,14 @@ def test_a_call_time_out_of_range_is_422(admin, at):
     assert res.status_code == 422 and res.json()["error"]["code"] == "invalid_at", res.text
 
 
+@pytest.mark.parametrize("call_id", ["", "x" * 129])
+def test_a_call_id_out_of_length_is_422(admin, call_id):
+    res = admin.post("/v1/calls", json={"to": "+15550155555", "call_id": call_id})
+    assert res.status_code == 422 and res.json()["error"]["code"] == "invalid_call_id", res.text
+    form = admin.post("/v1/calls", data={"To": "+15550155555", "CallSid": "x" * 129})
+    assert form.status_code == 422 and form.json()["error"]["code"] == "invalid_call_id"
+
+
 def test_repeated_call_id_gives_one_entry_and_the_same_answer(http, admin, make_pool, r):
     pool = make_pool(1)
     s = start_session(http, pool["id"], "v")
