@@ -24,9 +24,10 @@ from .providers import (NotEnoughNumbers, Provider, ProviderError, buy_numbers,
                         release_all)
 from .redisconn import RedisError, RedisUnavailable
 
-# Pool hash field -> public name. ttl_ms and fallback are read by the scripts.
+# Pool hash field -> public name (null when empty). ttl_ms, fallback and policy are read
+# by the scripts.
 _PUBLIC = {"name": "name", "website_url": "website_url", "target_number": "target_number",
-           "call_flow": "call_flow", "fallback": "fallback_number", "policy": "policy"}
+           "call_flow": "call_flow", "fallback": "fallback_number"}
 
 
 def normalize_all(raw: list[str], region: str) -> list[str]:
@@ -224,6 +225,7 @@ class Pools:
         pool: dict[str, Any] = {"id": pool_id}
         for field, public in _PUBLIC.items():
             pool[public] = h.get(field) or None
+        pool["policy"] = h.get("policy") or "random"  # as the session script reads it
         pool["session_ttl_s"] = int(h["ttl_ms"]) // 1000
         pool["heartbeat_s"] = self.heartbeat_s
         pool["created_at"] = int(h.get("created_at", 0))
