@@ -1,14 +1,29 @@
 """GET /openapi.json: the HTTP API as an OpenAPI 3.1 document.
 
-Request and response bodies come from the msgspec Structs that validate them, so the
-schema cannot drift from what the broker accepts.
+Where each schema comes from:
+- Request bodies: the msgspec Structs that decode and validate them (models.py,
+  calls.CallRequest), so they cannot drift from what the broker accepts. Two are written
+  here: `SessionBody`, because the edge decodes a session body twice (SessionRequest for
+  the ids, Attribution for the source) and the document shows the two as one; and the
+  Twilio form of POST /v1/calls, which calls.py parses by hand (`_TWILIO_FORM`).
+- The edge's answers (POST /v1/dni/session, /heartbeat): the Structs that encode them
+  (models.SessionResponse, models.HeartbeatResponse), with their status enums added here.
+- Every other answer: its handler builds a plain dict (pools.py, stats.py, calls.py,
+  streams.py, snippet.py, app.py), and the Structs below, used for nothing but this
+  document, describe it. Nothing ties the two together by construction:
+  tests/test_openapi.py makes every documented request against a real broker and
+  validates each answer against this document. The shapes are closed
+  (additionalProperties: false) and name their required fields, so a field that a handler
+  adds, renames or drops fails that test until the Struct here follows.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import UNSET, Meta, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,8 +31,9 @@ from starlette.routing import Route
 from . import __version__
 from .calls import CallRequest
 from .http import dumps, json_response
-from .models import (Attribution, HeartbeatRequest, HeartbeatResponse, NumbersAdd,
-                     PoolCreate, PoolId, PoolUpdate, SessionResponse, VisitorId)
+from .models import (ATTRIBUTION_FIELDS, Attribution, HeartbeatRequest, HeartbeatResponse,
+                     NumbersAdd, PoolCreate, PoolId, PoolUpdate, SessionId, SessionResponse,
+                     VisitorId)
 
 
 class ErrorDetail(msgspec.Struct):
@@ -36,8 +52,277 @@ class SessionBody(Attribution, kw_only=True):
     visitor_id: VisitorId
 
 
+# -- answers: schema only (see the module docstring) --------------------------------------
+
+E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{1,14}$", description="E.164")]
+EpochMs = Annotated[int, Meta(ge=0, description="epoch milliseconds")]
+Count = Annotated[int, Meta(ge=0)]
+Seconds = Annotated[float, Meta(ge=0)]
+
+
+class _Answer(msgspec.Struct, forbid_unknown_fields=True):
+    # forbid_unknown_fields: the schema says additionalProperties: false
+    pass
+
+
+class Health(_Answer):
+    """GET /healthz: the process is up."""
+
+    status: Literal["ok"]
+
+
+class Ready(_Answer):
+    """GET /readyz: Redis answers and the scripts are loaded."""
+
+    status: Literal["ready"]
+
+
+class Pool(_Answer):
+    """The pool object (GET, PATCH /v1/pools/{pool_id}; GET /v1/pools)."""
+
+    id: PoolId
+    name: str
+    website_url: str | None
+    target_number: Annotated[E164 | None, Meta(
+        description="the site's own number, which the snippet swaps")]
+    call_flow: Annotated[str | None, Meta(
+        description="the call flow numbers added to the pool route to")]
+    fallback_number: Annotated[E164 | None, Meta(
+        description="the backup number answered when no pool number is free")]
+    policy: Literal["random", "lru"]
+    session_ttl_s: Annotated[int, Meta(ge=1, le=86400, description="session length")]
+    heartbeat_s: Annotated[int, Meta(ge=1, description=(
+        "DNI_HEARTBEAT_S (the session answer tells the snippet at most half the session "
+        "length)"))]
+    created_at: Annotated[int, Meta(ge=0, description=(
+        "epoch milliseconds; 0 for a pool that was created before the broker recorded it"))]
+    numbers: Annotated[list[E164], Meta(description="the active numbers, sorted")]
+    inactive_numbers: Annotated[list[E164], Meta(
+        description="deactivated numbers, sorted: never assigned until activated again")]
+    call_flows: Annotated[dict[str, str], Meta(
+        description="number (E.164) -> the call flow it routes to, for numbers that have one")]
+
+
+_BOUGHT = Meta(description="the numbers bought (present only when the request had `buy`)")
+
+
+class PoolCreated(Pool):
+    """POST /v1/pools: the new pool object."""
+
+    bought: Annotated[list[E164], _BOUGHT] | UnsetType = UNSET
+
+
+class PoolList(_Answer):
+    """GET /v1/pools: every pool, sorted by id."""
+
+    pools: list[Pool]
+
+
+class NumbersAdded(Pool):
+    """POST /v1/pools/{pool_id}/numbers: the pool object after the change, and counts."""
+
+    added: Annotated[Count, Meta(description="numbers new to the pool")]
+    reactivated: Annotated[Count, Meta(
+        description="deactivated numbers of the pool that are active again")]
+    bought: Annotated[list[E164], _BOUGHT] | UnsetType = UNSET
+
+
+_CHANGED = Meta(description="false when the number was in that state already")
+
+
+class NumberActivated(_Answer):
+    """POST /v1/pools/{pool_id}/numbers/{number}/activate."""
+
+    pool_id: PoolId
+    number: E164
+    active: Literal[True]
+    changed: Annotated[bool, _CHANGED]
+
+
+class NumberDeactivated(_Answer):
+    """POST /v1/pools/{pool_id}/numbers/{number}/deactivate."""
+
+    pool_id: PoolId
+    number: E164
+    active: Literal[False]
+    changed: Annotated[bool, _CHANGED]
+
+
+class AnswerCounts(_Answer):
+    """Session answers by status (`excluded` is not counted here)."""
+
+    new: Count
+    reused: Count
+    fallback: Count
+    unavailable: Count
+
+
+class CountWindows(_Answer):
+    last_hour: AnswerCounts
+    last_day: AnswerCounts
+
+
+class Peaks(_Answer):
+    """The most sessions live at once (sampled about once a second)."""
+
+    last_hour: Count
+    last_day: Count
+
+
+class Sizing(_Answer):
+    """Erlang B sizing from the last hour's arrivals and holding time."""
+
+    target_fallback: Annotated[float, Meta(gt=0, lt=1, description="query `target`")]
+    arrivals_per_s: Annotated[Seconds, Meta(description=(
+        "sessions started plus distinct visitors turned away, per second"))]
+    blocked_visitors_last_hour: Count
+    mean_visit_s: Seconds
+    holding_time_s: Annotated[Seconds, Meta(description="visit plus session length")]
+    offered_load_erlangs: Annotated[float, Meta(ge=0)]
+    fallback_probability: Annotated[float, Meta(ge=0, le=1, description=(
+        "Erlang B blocking probability at the current size"))]
+    recommended_size: Annotated[Count, Meta(description=(
+        "the smallest pool whose blocking probability is at most target_fallback"))]
+
+
+class PoolStats(_Answer):
+    """GET /v1/pools/{pool_id}/stats: one pool's numbers, sessions, counts and sizing."""
+
+    pool_id: PoolId
+    numbers: Annotated[Count, Meta(description="active numbers")]
+    inactive_numbers: Count
+    active_sessions: Annotated[Count, Meta(
+        description="live sessions, those on deactivated numbers included")]
+    available: Annotated[Count, Meta(description="active numbers no session holds")]
+    utilization: Annotated[float, Meta(ge=0, description=(
+        "active_sessions / numbers (0 without numbers), rounded to 4 places"))]
+    at: EpochMs
+    counts: CountWindows
+    peak_concurrent: Peaks
+    pressure: Annotated[bool, Meta(description=(
+        "a sample in the last hour found 80% or more of the active numbers held"))]
+    pressure_since: Annotated[EpochMs | None, Meta(
+        description="when the current spell of pressure started; null without pressure")]
+    sizing: Sizing
+
+
+class StatsList(_Answer):
+    """GET /v1/stats: the stats of every pool, sorted by pool id."""
+
+    pools: list[PoolStats]
+
+
+CallAttribution = msgspec.defstruct(
+    "CallAttribution",
+    [(name, str | UnsetType, UNSET) for name in (*ATTRIBUTION_FIELDS, "ip", "user_agent")],
+    bases=(_Answer,), module=__name__,
+    namespace={"__doc__": "The session's source: the fields the page gave, the visitor's IP "
+               "(as DNI_IP_MODE stores it) and user agent"})
+
+_CALL_FROM = Meta(description="the caller's number, or null when the caller id is no number")
+_CALL_FROM_RAW = Meta(description="the caller id when it is no number (\"Anonymous\"...)")
+
+
+class CallAttributed(_Answer, kw_only=True):
+    """POST /v1/calls: the call is credited to the session that held the number."""
+
+    attributed: Literal[True]
+    call_id: str
+    to: E164
+    from_: Annotated[E164 | None, _CALL_FROM] = msgspec.field(name="from")
+    from_raw: Annotated[str, _CALL_FROM_RAW] | UnsetType = UNSET
+    pool_id: PoolId
+    session_id: SessionId
+    visitor_id: VisitorId
+    number: Annotated[E164, Meta(description="the number called (the same as `to`)")]
+    match: Annotated[Literal["live", "grace"], Meta(description=(
+        "live: the session held the number at the call's time; grace: it ended less than "
+        "DNI_CALL_GRACE_S before and the number was not leased since"))]
+    started_at: EpochMs
+    at: Annotated[EpochMs, Meta(description="the call's time (the request's, or now)")]
+    attribution: CallAttribution  # type: ignore[valid-type]
+
+
+class CallUnattributed(_Answer, kw_only=True):
+    """POST /v1/calls: no session is credited."""
+
+    attributed: Literal[False]
+    reason: Annotated[Literal["no_session", "not_a_pool_number", "backup_number"], Meta(
+        description="no_session: a number of the pool that no session covers")]
+    call_id: str
+    to: E164
+    from_: Annotated[E164 | None, _CALL_FROM] = msgspec.field(name="from")
+    from_raw: Annotated[str, _CALL_FROM_RAW] | UnsetType = UNSET
+    pool_id: Annotated[PoolId, Meta(description=(
+        "the pool of the number (or whose backup number it is); absent when no pool "
+        "knows it"))] | UnsetType = UNSET
+    at: Annotated[EpochMs, Meta(description="the call's time (the request's, or now)")]
+
+
+class ConsumerGroup(_Answer):
+    name: str
+    pending: Annotated[Count, Meta(description="delivered and not acknowledged")]
+    consumers: Count
+    last_delivered_id: str
+
+
+class StreamInfo(_Answer):
+    length: Count
+    groups: list[ConsumerGroup]
+    dead_letters: Annotated[Count, Meta(description="length of `<stream>:dead`")]
+
+
+_COUNTER = Meta(ge=0, description="present once counted")
+
+
+class SidecarCounters(_Answer):
+    """The sidecar's counters since the data was created (absent until first counted)."""
+
+    copied: Annotated[int, _COUNTER] | UnsetType = UNSET
+    ended_reported: Annotated[int, _COUNTER] | UnsetType = UNSET
+    cycles: Annotated[int, _COUNTER] | UnsetType = UNSET
+    trimmed: Annotated[int, _COUNTER] | UnsetType = UNSET
+    trim_dropped_pending: Annotated[int, Meta(ge=0, description=(
+        "entries trimmed before a consumer group had acknowledged them; present once "
+        "counted"))] | UnsetType = UNSET
+
+
+class Streams(_Answer):
+    """GET /v1/streams."""
+
+    retention_maxlen: Annotated[int, Meta(ge=1, description="DNI_STREAM_MAXLEN")]
+    streams: Annotated[dict[str, StreamInfo], Meta(
+        description="by stream key: `<DNI_KEY_PREFIX>:sessions` and `<DNI_KEY_PREFIX>:calls`")]
+    sidecar: SidecarCounters
+
+
+class PoolConfig(_Answer):
+    target_number: Annotated[E164 | None, Meta(description="the number to swap")]
+    country_code: Annotated[int | None, Meta(
+        description="the target number's country calling code (1 for +1...)")]
+    heartbeat_s: Annotated[int, Meta(ge=1, description="DNI_HEARTBEAT_S")]
+
+
+class DniConfig(_Answer):
+    """GET /v1/dni/config: what the snippet needs of each pool asked for."""
+
+    pools: Annotated[dict[str, PoolConfig], Meta(
+        description="by pool id; pools that do not exist are left out")]
+
+
+class SnippetInfo(_Answer):
+    """GET /v1/dni/snippet: the pinned snippet, for sites that use Subresource Integrity."""
+
+    url: Annotated[str, Meta(description="/snippet.{hash8}.js on this broker")]
+    integrity: Annotated[str, Meta(pattern=r"^sha384-[A-Za-z0-9+/]{64}$")]
+    tag: Annotated[str, Meta(description="the install tag (replace POOL_ID)")]
+    size: Annotated[int, Meta(ge=1, description="bytes")]
+
+
 STRUCTS = [SessionBody, SessionResponse, HeartbeatRequest, HeartbeatResponse, PoolCreate,
-           PoolUpdate, NumbersAdd, CallRequest, Error]
+           PoolUpdate, NumbersAdd, CallRequest, Error, Health, Ready, Pool, PoolCreated,
+           PoolList, NumbersAdded, NumberActivated, NumberDeactivated, PoolStats, StatsList,
+           CallAttributed, CallUnattributed, Streams, DniConfig, SnippetInfo]
 
 # Every error code the broker answers with, by status (the body is always `Error`).
 ERROR_CODES = {
@@ -65,47 +350,66 @@ HEARTBEAT_STATUSES = ["alive", "expired"]
 _Q = {"pools": "Comma-separated pool ids", "target": "Probability in (0, 1) that a visitor "
       "finds no free number (default 0.01)", "pool": "A pool id: the demo page for it"}
 
-# (method, path, summary, request struct, response struct, auth, success status, query)
-OPERATIONS: list[tuple[str, str, str, type | None, type | None, bool, str, tuple[str, ...]]] = [
-    ("post", "/v1/dni/session", "Reuse or assign the visitor's tracking number",
-     SessionBody, SessionResponse, False, "200", ()),
-    ("post", "/v1/dni/heartbeat", "Keep a session alive", HeartbeatRequest,
-     HeartbeatResponse, False, "200", ()),
-    ("get", "/healthz", "200 while the process is up", None, None, False, "200", ()),
-    ("get", "/readyz", "200 when Redis answers and the scripts are loaded, else 503", None,
-     None, False, "200", ()),
-    ("get", "/snippet.js", "The tracking snippet", None, None, False, "200", ()),
-    ("get", "/snippet.{hash8}.js", "The snippet pinned to one build (cached for a year; "
-     "use with its SRI hash)", None, None, False, "200", ()),
-    ("get", "/v1/dni/config", "Target numbers of pools, for the snippet", None, None, False,
-     "200", ("pools",)),
-    ("get", "/v1/dni/snippet", "The pinned snippet URL and its SRI hash", None, None, False,
-     "200", ()),
-    ("get", "/demo", "A demo page running the snippet on a pool", None, None, False, "200",
-     ("pool",)),
-    ("get", "/openapi.json", "This document", None, None, False, "200", ()),
-    ("post", "/v1/pools", "Create a pool", PoolCreate, None, True, "201", ()),
-    ("get", "/v1/pools", "List pools", None, None, True, "200", ()),
-    ("get", "/v1/stats", "Stats of every pool", None, None, True, "200", ("target",)),
-    ("get", "/v1/pools/{pool_id}", "Show a pool", None, None, True, "200", ()),
-    ("patch", "/v1/pools/{pool_id}", "Change a pool (fields left out are unchanged; null "
-     "clears an optional one)", PoolUpdate, None, True, "200", ()),
-    ("delete", "/v1/pools/{pool_id}", "Delete a pool, ending its sessions", None, None, True,
-     "204", ()),
-    ("post", "/v1/pools/{pool_id}/numbers", "Add (or buy) numbers", NumbersAdd, None, True,
-     "200", ()),
-    ("delete", "/v1/pools/{pool_id}/numbers/{number}", "Remove a number; the session "
-     "holding it ends", None, None, True, "204", ()),
-    ("post", "/v1/pools/{pool_id}/numbers/{number}/deactivate", "Never assign a number "
-     "again (its session goes on)", None, None, True, "200", ()),
-    ("post", "/v1/pools/{pool_id}/numbers/{number}/activate", "Assign a number again", None,
-     None, True, "200", ()),
-    ("get", "/v1/pools/{pool_id}/stats", "Numbers, active sessions, utilization, sizing",
-     None, None, True, "200", ("target",)),
-    ("post", "/v1/calls", "Attribute a call (JSON with the admin token, or a signed "
-     "Twilio webhook form)", CallRequest, None, True, "200", ()),
-    ("get", "/v1/streams", "Stream lengths, consumer groups and sidecar counters", None,
-     None, True, "200", ()),
+_JS = "text/javascript"
+_HTML = "text/html"
+_TEXT = {"type": "string"}
+_DOCUMENT = {"type": "object", "required": ["openapi", "info", "paths", "components"],
+             "description": "this document"}
+
+
+@dataclass(frozen=True)
+class Op:
+    method: str
+    path: str
+    summary: str
+    answer: Any = None  # the success body: a Struct, a tuple of Structs (one of) or a schema
+    ok: str = "200"  # the success status
+    request: type | None = None  # the JSON body's Struct
+    admin: bool = False  # needs the admin token
+    query: tuple[str, ...] = ()
+    media: str = "application/json"  # of the answer
+
+
+OPERATIONS = [
+    Op("post", "/v1/dni/session", "Reuse or assign the visitor's tracking number",
+       SessionResponse, request=SessionBody),
+    Op("post", "/v1/dni/heartbeat", "Keep a session alive", HeartbeatResponse,
+       request=HeartbeatRequest),
+    Op("get", "/healthz", "200 while the process is up", Health),
+    Op("get", "/readyz", "200 when Redis answers and the scripts are loaded, else 503",
+       Ready),
+    Op("get", "/snippet.js", "The tracking snippet", _TEXT, media=_JS),
+    Op("get", "/snippet.{hash8}.js", "The snippet pinned to one build (cached for a year; "
+       "use with its SRI hash)", _TEXT, media=_JS),
+    Op("get", "/v1/dni/config", "Target numbers of pools, for the snippet", DniConfig,
+       query=("pools",)),
+    Op("get", "/v1/dni/snippet", "The pinned snippet URL and its SRI hash", SnippetInfo),
+    Op("get", "/demo", "A demo page running the snippet on a pool", _TEXT, media=_HTML,
+       query=("pool",)),
+    Op("get", "/openapi.json", "This document", _DOCUMENT),
+    Op("post", "/v1/pools", "Create a pool", PoolCreated, "201", PoolCreate, admin=True),
+    Op("get", "/v1/pools", "List pools", PoolList, admin=True),
+    Op("get", "/v1/stats", "Stats of every pool", StatsList, admin=True, query=("target",)),
+    Op("get", "/v1/pools/{pool_id}", "Show a pool", Pool, admin=True),
+    Op("patch", "/v1/pools/{pool_id}", "Change a pool (fields left out are unchanged; null "
+       "clears an optional one)", Pool, request=PoolUpdate, admin=True),
+    Op("delete", "/v1/pools/{pool_id}", "Delete a pool, ending its sessions", ok="204",
+       admin=True),
+    Op("post", "/v1/pools/{pool_id}/numbers", "Add (or buy) numbers", NumbersAdded,
+       request=NumbersAdd, admin=True),
+    Op("delete", "/v1/pools/{pool_id}/numbers/{number}", "Remove a number; the session "
+       "holding it ends", ok="204", admin=True),
+    Op("post", "/v1/pools/{pool_id}/numbers/{number}/deactivate", "Never assign a number "
+       "again (its session goes on)", NumberDeactivated, admin=True),
+    Op("post", "/v1/pools/{pool_id}/numbers/{number}/activate", "Assign a number again",
+       NumberActivated, admin=True),
+    Op("get", "/v1/pools/{pool_id}/stats", "Numbers, active sessions, utilization, sizing",
+       PoolStats, admin=True, query=("target",)),
+    Op("post", "/v1/calls", "Attribute a call (JSON with the admin token, or a signed "
+       "Twilio webhook form)", (CallAttributed, CallUnattributed), request=CallRequest,
+       admin=True),
+    Op("get", "/v1/streams", "Stream lengths, consumer groups and sidecar counters",
+       Streams, admin=True),
 ]
 
 _TWILIO_FORM = {"type": "object", "required": ["To", "CallSid"], "properties": {
@@ -127,49 +431,59 @@ def _ecma_patterns(node: Any) -> None:
             _ecma_patterns(value)
 
 
+def _ref(struct: type) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{struct.__name__}"}
+
+
+def _schema(answer: Any) -> dict[str, Any]:
+    if isinstance(answer, tuple):
+        return {"oneOf": [_ref(s) for s in answer]}
+    return answer if isinstance(answer, dict) else _ref(answer)
+
+
 def build() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         STRUCTS, ref_template="#/components/schemas/{name}")
-    _ecma_patterns(components)
     components["SessionResponse"]["properties"]["status"]["enum"] = SESSION_STATUSES
     components["HeartbeatResponse"]["properties"]["status"]["enum"] = HEARTBEAT_STATUSES
     components["ErrorDetail"]["properties"]["code"]["description"] = "; ".join(
         f"{status}: {codes}" for status, codes in ERROR_CODES.items())
-    ref = "#/components/schemas/{}".format
-    error = {"application/json": {"schema": {"$ref": ref("Error")}}}
+    error = {"application/json": {"schema": _ref(Error)}}
     paths: dict[str, Any] = {}
-    for method, path, summary, req, res, auth, ok, query in OPERATIONS:
-        success: dict[str, Any] = {"description": "No content" if ok == "204" else "OK"}
-        if res is not None:
-            success["content"] = {"application/json": {"schema": {"$ref": ref(res.__name__)}}}
-        op: dict[str, Any] = {"summary": summary, "responses": {
-            ok: success,
+    for op in OPERATIONS:
+        success: dict[str, Any] = {"description": "No content" if op.ok == "204" else "OK"}
+        if op.answer is not None:
+            success["content"] = {op.media: {"schema": _schema(op.answer)}}
+        doc: dict[str, Any] = {"summary": op.summary, "responses": {
+            op.ok: success,
             "4XX": {"description": "Rejected (codes: see ErrorDetail.code)", "content": error},
             "5XX": {"description": "Failed (codes: see ErrorDetail.code)", "content": error}}}
-        if req is not None:
-            schema = {"$ref": ref(req.__name__)}
+        if op.request is not None:
+            schema = _ref(op.request)
             content = {"application/json": {"schema": schema}}
-            if path.startswith("/v1/dni/"):
+            if op.path.startswith("/v1/dni/"):
                 content["text/plain"] = {"schema": schema}  # simple CORS requests
-            if req is CallRequest:
+            if op.request is CallRequest:
                 content["application/x-www-form-urlencoded"] = {"schema": _TWILIO_FORM}
-            op["requestBody"] = {"required": True, "content": content}
-        if auth:
-            op["security"] = [{"bearer": []}]
+            doc["requestBody"] = {"required": True, "content": content}
+        if op.admin:
+            doc["security"] = [{"bearer": []}]
         params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for name in ("pool_id", "number", "hash8") if "{" + name + "}" in path]
+                  for name in ("pool_id", "number", "hash8") if "{" + name + "}" in op.path]
         params += [{"name": name, "in": "query", "required": False, "description": _Q[name],
-                    "schema": {"type": "string"}} for name in query]
+                    "schema": {"type": "string"}} for name in op.query]
         if params:
-            op["parameters"] = params
-        paths.setdefault(path, {})[method] = op
-    return {
+            doc["parameters"] = params
+        paths.setdefault(op.path, {})[op.method] = doc
+    out = {
         "openapi": "3.1.0",
         "info": {"title": "DNI broker", "version": __version__},
         "paths": paths,
         "components": {"schemas": components,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
+    _ecma_patterns(out)
+    return out
 
 
 _doc: bytes | None = None
