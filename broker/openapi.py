@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from . import __version__
 from .calls import CallRequest
+from .errors import CORS_HEADERS
 from .http import dumps, json_response
 from .models import (ATTRIBUTION_FIELDS, Attribution, HeartbeatRequest, HeartbeatResponse,
                      NumbersAdd, PoolCreate, PoolId, PoolUpdate, SessionId, SessionResponse,
@@ -368,25 +369,41 @@ class Op:
     admin: bool = False  # needs the admin token
     query: tuple[str, ...] = ()
     media: str = "application/json"  # of the answer
+    headers: tuple[str, ...] = ()  # components.headers the success answer carries
+    errors: bool = True  # may answer 4XX/5XX
+
+
+_ACAO = ("Access-Control-Allow-Origin",)
+_PREFLIGHT = ("Access-Control-Allow-Origin", "Access-Control-Allow-Methods",
+              "Access-Control-Allow-Headers", "Access-Control-Max-Age")
+HEADERS = {name: {"description": f"always {CORS_HEADERS[name.lower()]!r}",
+                  "schema": {"type": "string", "const": CORS_HEADERS[name.lower()]}}
+           for name in _PREFLIGHT}
 
 
 OPERATIONS = [
     Op("post", "/v1/dni/session", "Reuse or assign the visitor's tracking number",
-       SessionResponse, request=SessionBody),
+       SessionResponse, request=SessionBody, headers=_ACAO),
+    Op("options", "/v1/dni/session", "CORS preflight (the snippet sends text/plain, which "
+       "needs none; a page sending application/json asks first)", ok="204",
+       headers=_PREFLIGHT, errors=False),
     Op("post", "/v1/dni/heartbeat", "Keep a session alive", HeartbeatResponse,
-       request=HeartbeatRequest),
-    Op("get", "/healthz", "200 while the process is up", Health),
+       request=HeartbeatRequest, headers=_ACAO),
+    Op("options", "/v1/dni/heartbeat", "CORS preflight (as for /v1/dni/session)", ok="204",
+       headers=_PREFLIGHT, errors=False),
+    Op("get", "/healthz", "200 while the process is up", Health, headers=_ACAO),
     Op("get", "/readyz", "200 when Redis answers and the scripts are loaded, else 503",
-       Ready),
+       Ready, headers=_ACAO),
     Op("get", "/snippet.js", "The tracking snippet", _TEXT, media=_JS),
     Op("get", "/snippet.{hash8}.js", "The snippet pinned to one build (cached for a year; "
        "use with its SRI hash)", _TEXT, media=_JS),
     Op("get", "/v1/dni/config", "Target numbers of pools, for the snippet", DniConfig,
        query=("pools",)),
-    Op("get", "/v1/dni/snippet", "The pinned snippet URL and its SRI hash", SnippetInfo),
+    Op("get", "/v1/dni/snippet", "The pinned snippet URL and its SRI hash", SnippetInfo,
+       headers=_ACAO),
     Op("get", "/demo", "A demo page running the snippet on a pool", _TEXT, media=_HTML,
        query=("pool",)),
-    Op("get", "/openapi.json", "This document", _DOCUMENT),
+    Op("get", "/openapi.json", "This document", _DOCUMENT, headers=_ACAO),
     Op("post", "/v1/pools", "Create a pool", PoolCreated, "201", PoolCreate, admin=True),
     Op("get", "/v1/pools", "List pools", PoolList, admin=True),
     Op("get", "/v1/stats", "Stats of every pool", StatsList, admin=True, query=("target",)),
@@ -454,10 +471,14 @@ def build() -> dict[str, Any]:
         success: dict[str, Any] = {"description": "No content" if op.ok == "204" else "OK"}
         if op.answer is not None:
             success["content"] = {op.media: {"schema": _schema(op.answer)}}
-        doc: dict[str, Any] = {"summary": op.summary, "responses": {
-            op.ok: success,
-            "4XX": {"description": "Rejected (codes: see ErrorDetail.code)", "content": error},
-            "5XX": {"description": "Failed (codes: see ErrorDetail.code)", "content": error}}}
+        if op.headers:
+            success["headers"] = {h: {"$ref": f"#/components/headers/{h}"} for h in op.headers}
+        doc: dict[str, Any] = {"summary": op.summary, "responses": {op.ok: success}}
+        if op.errors:
+            doc["responses"]["4XX"] = {"description": "Rejected (codes: see ErrorDetail.code)",
+                                       "content": error}
+            doc["responses"]["5XX"] = {"description": "Failed (codes: see ErrorDetail.code)",
+                                       "content": error}
         if op.request is not None:
             schema = _ref(op.request)
             content = {"application/json": {"schema": schema}}
@@ -479,7 +500,7 @@ def build() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "DNI broker", "version": __version__},
         "paths": paths,
-        "components": {"schemas": components,
+        "components": {"schemas": components, "headers": HEADERS,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
     _ecma_patterns(out)
