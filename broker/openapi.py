@@ -32,7 +32,8 @@ from . import __version__
 from .calls import CallRequest
 from .errors import CORS_HEADERS
 from .http import dumps, json_response
-from .models import (ATTRIBUTION_FIELDS, Attribution, HeartbeatRequest, HeartbeatResponse,
+from .snippet import CONFIG_CACHE, MAX_POOLS, PINNED_CACHE, SCRIPT_CACHE
+from .models import (ATTRIBUTION_FIELDS, POOL_ID_PATTERN, Attribution, HeartbeatRequest, HeartbeatResponse,
                      NumbersAdd, PoolCreate, PoolId, PoolUpdate, SessionId, SessionResponse,
                      VisitorId)
 
@@ -348,8 +349,37 @@ ERROR_CODES = {
 SESSION_STATUSES = ["new", "reused", "fallback", "unavailable", "excluded"]
 HEARTBEAT_STATUSES = ["alive", "expired"]
 
-_Q = {"pools": "Comma-separated pool ids", "target": "Probability in (0, 1) that a visitor "
-      "finds no free number (default 0.01)", "pool": "A pool id: the demo page for it"}
+_POOL_ID = {"type": "string", "pattern": POOL_ID_PATTERN.removesuffix("\\Z") + "$"}
+PARAMETERS = {
+    "pool_id": {"name": "pool_id", "in": "path", "required": True, "schema": _POOL_ID,
+                "description": "A pool id (one that cannot exist is 404 pool_not_found)"},
+    "number": {"name": "number", "in": "path", "required": True, "schema": {"type": "string"},
+               "description": "A number of the pool, in any common format (URL-encoded)"},
+    "hash8": {"name": "hash8", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
+              "description": "The build's hash, as GET /v1/dni/snippet names it (any other: "
+                             "404 not_found)"},
+    "pools": {"name": "pools", "in": "query", "required": True, "style": "form",
+              "explode": False,
+              "schema": {"type": "array", "items": _POOL_ID, "minItems": 1,
+                         "maxItems": MAX_POOLS},
+              "description": f"1-{MAX_POOLS} pool ids, comma-separated (blanks and repeats "
+                             f"are ignored). Left out or empty: 422 missing_field; more than "
+                             f"{MAX_POOLS}: 422 too_many_pools; an id not matching the "
+                             f"pattern: 422 invalid_pool_id"},
+    "target": {"name": "target", "in": "query", "required": False,
+               "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+                          "default": 0.01},
+               "description": "The sizing's target: the probability that a visitor finds no "
+                              "free number (else 422 invalid_target)"},
+    "pool": {"name": "pool", "in": "query", "required": False, "schema": _POOL_ID,
+             "description": "A pool with a target number: the demo page for it (left out: "
+                            "a page saying how to make one)"},
+    "If-None-Match": {"name": "If-None-Match", "in": "header", "required": False,
+                      "schema": {"type": "string"},
+                      "description": "ETags of copies held (comma-separated; W/ is "
+                                     "ignored), or *: a match is 304 with no body"},
+}
 
 _JS = "text/javascript"
 _HTML = "text/html"
@@ -371,6 +401,7 @@ class Op:
     media: str = "application/json"  # of the answer
     headers: tuple[str, ...] = ()  # components.headers the success answer carries
     errors: bool = True  # may answer 4XX/5XX
+    cache: str | None = None  # Cache-Control: answers 304 to a matching If-None-Match
 
 
 _ACAO = ("Access-Control-Allow-Origin",)
@@ -379,6 +410,8 @@ _PREFLIGHT = ("Access-Control-Allow-Origin", "Access-Control-Allow-Methods",
 HEADERS = {name: {"description": f"always {CORS_HEADERS[name.lower()]!r}",
                   "schema": {"type": "string", "const": CORS_HEADERS[name.lower()]}}
            for name in _PREFLIGHT}
+HEADERS["ETag"] = {"description": "The body's entity tag: send it back as If-None-Match",
+                   "schema": {"type": "string", "pattern": '^"[0-9a-f]{16}"$'}}
 
 
 OPERATIONS = [
@@ -394,11 +427,12 @@ OPERATIONS = [
     Op("get", "/healthz", "200 while the process is up", Health, headers=_ACAO),
     Op("get", "/readyz", "200 when Redis answers and the scripts are loaded, else 503",
        Ready, headers=_ACAO),
-    Op("get", "/snippet.js", "The tracking snippet", _TEXT, media=_JS),
+    Op("get", "/snippet.js", "The tracking snippet", _TEXT, media=_JS, headers=_ACAO,
+       cache=SCRIPT_CACHE),
     Op("get", "/snippet.{hash8}.js", "The snippet pinned to one build (cached for a year; "
-       "use with its SRI hash)", _TEXT, media=_JS),
+       "use with its SRI hash)", _TEXT, media=_JS, headers=_ACAO, cache=PINNED_CACHE),
     Op("get", "/v1/dni/config", "Target numbers of pools, for the snippet", DniConfig,
-       query=("pools",)),
+       query=("pools",), headers=_ACAO, cache=CONFIG_CACHE),
     Op("get", "/v1/dni/snippet", "The pinned snippet URL and its SRI hash", SnippetInfo,
        headers=_ACAO),
     Op("get", "/demo", "A demo page running the snippet on a pool", _TEXT, media=_HTML,
@@ -471,9 +505,18 @@ def build() -> dict[str, Any]:
         success: dict[str, Any] = {"description": "No content" if op.ok == "204" else "OK"}
         if op.answer is not None:
             success["content"] = {op.media: {"schema": _schema(op.answer)}}
-        if op.headers:
-            success["headers"] = {h: {"$ref": f"#/components/headers/{h}"} for h in op.headers}
+        headers: dict[str, Any] = {h: {"$ref": f"#/components/headers/{h}"}
+                                   for h in op.headers}
+        if op.cache:
+            headers["ETag"] = {"$ref": "#/components/headers/ETag"}
+            headers["Cache-Control"] = {"description": f"always {op.cache!r}",
+                                        "schema": {"type": "string", "const": op.cache}}
+        if headers:
+            success["headers"] = headers
         doc: dict[str, Any] = {"summary": op.summary, "responses": {op.ok: success}}
+        if op.cache:
+            doc["responses"]["304"] = {"description": "Not modified: If-None-Match named the "
+                                       "current ETag (or *); no body", "headers": headers}
         if op.errors:
             doc["responses"]["4XX"] = {"description": "Rejected (codes: see ErrorDetail.code)",
                                        "content": error}
@@ -489,10 +532,11 @@ def build() -> dict[str, Any]:
             doc["requestBody"] = {"required": True, "content": content}
         if op.admin:
             doc["security"] = [{"bearer": []}]
-        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for name in ("pool_id", "number", "hash8") if "{" + name + "}" in op.path]
-        params += [{"name": name, "in": "query", "required": False, "description": _Q[name],
-                    "schema": {"type": "string"}} for name in op.query]
+        params = [PARAMETERS[name] for name in ("pool_id", "number", "hash8")
+                  if "{" + name + "}" in op.path]
+        params += [PARAMETERS[name] for name in op.query]
+        if op.cache:
+            params.append(PARAMETERS["If-None-Match"])
         if params:
             doc["parameters"] = params
         paths.setdefault(op.path, {})[op.method] = doc

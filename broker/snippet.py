@@ -37,6 +37,10 @@ CANDIDATES = (
 MAX_POOLS = 20
 SCRIPT_MAX_AGE = 300
 CONFIG_MAX_AGE = 300
+# Cache-Control of each cacheable answer (200 and 304 alike; /openapi.json shows them)
+SCRIPT_CACHE = f"public, max-age={SCRIPT_MAX_AGE}"
+PINNED_CACHE = "public, max-age=31536000, immutable"
+CONFIG_CACHE = f"public, max-age={CONFIG_MAX_AGE}"
 _CORS = {"access-control-allow-origin": "*"}
 
 
@@ -87,16 +91,14 @@ def _cached(request: Request, body: bytes, etag: str, cache_control: str,
 
 async def snippet_js(request: Request) -> Response:
     b = built()
-    return _cached(request, b.body, b.etag, f"public, max-age={SCRIPT_MAX_AGE}",
-                   "text/javascript; charset=utf-8")
+    return _cached(request, b.body, b.etag, SCRIPT_CACHE, "text/javascript; charset=utf-8")
 
 
 async def pinned_js(request: Request) -> Response:
     b = built()
     if request.path_params["hash8"] != b.hash8:
         raise ApiError(404, "not_found", "no snippet of that version: ask /v1/dni/snippet")
-    return _cached(request, b.body, b.etag, "public, max-age=31536000, immutable",
-                   "text/javascript; charset=utf-8")
+    return _cached(request, b.body, b.etag, PINNED_CACHE, "text/javascript; charset=utf-8")
 
 
 def _json(body: object, headers: dict[str, str] | None = None) -> Response:
@@ -151,8 +153,7 @@ async def config(request: Request) -> Response:
                           "heartbeat_s": heartbeat_s}
     body = orjson.dumps({"pools": pools})
     etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
-    headers = {**CORS_HEADERS, "etag": etag,
-               "cache-control": f"public, max-age={CONFIG_MAX_AGE}"}
+    headers = {**CORS_HEADERS, "etag": etag, "cache-control": CONFIG_CACHE}
     if _etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
     return Response(body, headers=headers, media_type="application/json")
