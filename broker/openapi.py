@@ -396,7 +396,7 @@ class Op:
     answer: Any = None  # the success body: a Struct, a tuple of Structs (one of) or a schema
     ok: str = "200"  # the success status
     request: type | None = None  # the JSON body's Struct
-    admin: bool = False  # needs the admin token
+    security: tuple[str, ...] = ()  # schemes of securitySchemes, any one of which will do
     query: tuple[str, ...] = ()
     media: str = "application/json"  # of the answer
     headers: tuple[str, ...] = ()  # components.headers the success answer carries
@@ -404,6 +404,7 @@ class Op:
     cache: str | None = None  # Cache-Control: answers 304 to a matching If-None-Match
 
 
+_BEARER = ("bearer",)
 _ACAO = ("Access-Control-Allow-Origin",)
 _PREFLIGHT = ("Access-Control-Allow-Origin", "Access-Control-Allow-Methods",
               "Access-Control-Allow-Headers", "Access-Control-Max-Age")
@@ -438,34 +439,48 @@ OPERATIONS = [
     Op("get", "/demo", "A demo page running the snippet on a pool", _TEXT, media=_HTML,
        query=("pool",)),
     Op("get", "/openapi.json", "This document", _DOCUMENT, headers=_ACAO),
-    Op("post", "/v1/pools", "Create a pool", PoolCreated, "201", PoolCreate, admin=True),
-    Op("get", "/v1/pools", "List pools", PoolList, admin=True),
-    Op("get", "/v1/stats", "Stats of every pool", StatsList, admin=True, query=("target",)),
-    Op("get", "/v1/pools/{pool_id}", "Show a pool", Pool, admin=True),
+    Op("post", "/v1/pools", "Create a pool", PoolCreated, "201", PoolCreate, security=_BEARER),
+    Op("get", "/v1/pools", "List pools", PoolList, security=_BEARER),
+    Op("get", "/v1/stats", "Stats of every pool", StatsList, security=_BEARER, query=("target",)),
+    Op("get", "/v1/pools/{pool_id}", "Show a pool", Pool, security=_BEARER),
     Op("patch", "/v1/pools/{pool_id}", "Change a pool (fields left out are unchanged; null "
-       "clears an optional one)", Pool, request=PoolUpdate, admin=True),
+       "clears an optional one)", Pool, request=PoolUpdate, security=_BEARER),
     Op("delete", "/v1/pools/{pool_id}", "Delete a pool, ending its sessions", ok="204",
-       admin=True),
+       security=_BEARER),
     Op("post", "/v1/pools/{pool_id}/numbers", "Add (or buy) numbers", NumbersAdded,
-       request=NumbersAdd, admin=True),
+       request=NumbersAdd, security=_BEARER),
     Op("delete", "/v1/pools/{pool_id}/numbers/{number}", "Remove a number; the session "
-       "holding it ends", ok="204", admin=True),
+       "holding it ends", ok="204", security=_BEARER),
     Op("post", "/v1/pools/{pool_id}/numbers/{number}/deactivate", "Never assign a number "
-       "again (its session goes on)", NumberDeactivated, admin=True),
+       "again (its session goes on)", NumberDeactivated, security=_BEARER),
     Op("post", "/v1/pools/{pool_id}/numbers/{number}/activate", "Assign a number again",
-       NumberActivated, admin=True),
+       NumberActivated, security=_BEARER),
     Op("get", "/v1/pools/{pool_id}/stats", "Numbers, active sessions, utilization, sizing",
-       PoolStats, admin=True, query=("target",)),
+       PoolStats, security=_BEARER, query=("target",)),
     Op("post", "/v1/calls", "Attribute a call (JSON with the admin token, or a signed "
        "Twilio webhook form)", (CallAttributed, CallUnattributed), request=CallRequest,
-       admin=True),
+       security=("bearer", "twilio")),
     Op("get", "/v1/streams", "Stream lengths, consumer groups and sidecar counters",
-       Streams, admin=True),
+       Streams, security=_BEARER),
 ]
 
 _TWILIO_FORM = {"type": "object", "required": ["To", "CallSid"], "properties": {
-    "To": {"type": "string"}, "From": {"type": "string"}, "CallSid": {"type": "string"}},
-    "description": "Twilio's voice webhook form; authenticated by X-Twilio-Signature"}
+    "To": {"type": "string", "minLength": 1, "description": "the number called"},
+    "From": {"type": "string", "description": "the caller id (a number, or \"Anonymous\"...)"},
+    "CallSid": {"type": "string", "minLength": 1, "maxLength": 128,
+                "description": "the call id (else 422 invalid_call_id)"}},
+    "description": "Twilio's voice webhook form (its other fields are accepted and ignored): "
+                   "signed with X-Twilio-Signature, or sent with the admin token"}
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": (
+        "Authorization: Bearer DNI_ADMIN_TOKEN (missing or wrong: 401 unauthorized)")},
+    "twilio": {"type": "apiKey", "in": "header", "name": "X-Twilio-Signature", "description": (
+        "Twilio's request signature, for the form body of POST /v1/calls when "
+        "DNI_TWILIO_AUTH_TOKEN is set: base64 HMAC-SHA1, keyed with that token, of the URL "
+        "Twilio called (DNI_PUBLIC_URL with the path and query, else the request's own URL), "
+        "then each form field's name and value, sorted by name. Missing or wrong: 403 "
+        "bad_signature")},
+}
 
 
 def _ecma_patterns(node: Any) -> None:
@@ -530,8 +545,8 @@ def build() -> dict[str, Any]:
             if op.request is CallRequest:
                 content["application/x-www-form-urlencoded"] = {"schema": _TWILIO_FORM}
             doc["requestBody"] = {"required": True, "content": content}
-        if op.admin:
-            doc["security"] = [{"bearer": []}]
+        if op.security:
+            doc["security"] = [{scheme: []} for scheme in op.security]
         params = [PARAMETERS[name] for name in ("pool_id", "number", "hash8")
                   if "{" + name + "}" in op.path]
         params += [PARAMETERS[name] for name in op.query]
@@ -545,7 +560,7 @@ def build() -> dict[str, Any]:
         "info": {"title": "DNI broker", "version": __version__},
         "paths": paths,
         "components": {"schemas": components, "headers": HEADERS,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+                       "securitySchemes": SECURITY_SCHEMES},
     }
     _ecma_patterns(out)
     return out
