@@ -23,7 +23,7 @@ from starlette.routing import Route
 from .admin import BEARER, authorized
 from .errors import ApiError
 from .http import json_response, read_body
-from .models import decode
+from .models import WHOLE, decode
 from .phone import InvalidNumber, normalize
 from .sidecar import SAFETY_CAP
 from .source import flat
@@ -32,7 +32,8 @@ CALL_ID_KEEP_S = 7 * 86400
 
 
 # epoch ms up to the end of year 9999: anything later is a unit mistake, not a time
-CallTime = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799_999)]
+CallTime = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799_999, description=(
+    "The call's time, epoch milliseconds (left out: now). " + WHOLE))]
 # a provider's call id (Twilio's CallSid is 34): 422 invalid_call_id outside 1-128
 CallId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 

@@ -67,8 +67,12 @@ class HeartbeatResponse(Struct):
     expires_at: int | None
 
 
+# msgspec decodes an int field from a JSON integer only: 60.0 and 6e1 are floats (422),
+# though JSON Schema's "integer" would allow 60.0; the schema's descriptions say so.
+WHOLE = "Written as a JSON integer, without a fraction or exponent (60, not 60.0 or 6e1)."
 CallFlow = Annotated[str, Meta(max_length=200)]
-SessionTtl = Annotated[int, Meta(ge=1, le=86400)]
+SessionTtl = Annotated[int, Meta(ge=1, le=86400, description="Session length in seconds. "
+                                 + WHOLE)]
 PoolName = Annotated[str, Meta(min_length=1, max_length=200)]
 
 
@@ -76,7 +80,7 @@ class Buy(Struct):
     """Buy `count` numbers (in `area_code`, containing `contains`) from `provider`."""
 
     provider: Annotated[str, Meta(pattern=r"^[a-z_]{1,32}\Z")]
-    count: Annotated[int, Meta(ge=1, le=100)]
+    count: Annotated[int, Meta(ge=1, le=100, description=WHOLE)]
     area_code: Annotated[str, Meta(pattern=r"^[0-9]{2,5}\Z")] | None = None
     contains: Annotated[str, Meta(pattern=r"^[0-9]{1,10}\Z")] | None = None
     country: Annotated[str, Meta(pattern=r"^[A-Z]{2}\Z")] = "US"

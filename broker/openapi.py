@@ -483,6 +483,11 @@ SECURITY_SCHEMES = {
 }
 
 
+INFO = ("Every 4xx/5xx body is an `Error`. Integer fields of JSON bodies "
+        "(session_ttl_s, buy.count, at) must be JSON integers written without a fraction or "
+        "exponent: 60.0 and 6e1 are 422, though JSON Schema's `integer` admits 60.0.")
+
+
 def _ecma_patterns(node: Any) -> None:
     """msgspec patterns end in \\Z (Python's end of string); JSON Schema's regexes are
     ECMA-262, where `$` without the multiline flag means the same."""
@@ -557,7 +562,7 @@ def build() -> dict[str, Any]:
         paths.setdefault(op.path, {})[op.method] = doc
     out = {
         "openapi": "3.1.0",
-        "info": {"title": "DNI broker", "version": __version__},
+        "info": {"title": "DNI broker", "version": __version__, "description": INFO},
         "paths": paths,
         "components": {"schemas": components, "headers": HEADERS,
                        "securitySchemes": SECURITY_SCHEMES},
