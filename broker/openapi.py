@@ -8,13 +8,16 @@ Where each schema comes from:
   Twilio form of POST /v1/calls, which calls.py parses by hand (`_TWILIO_FORM`).
 - The edge's answers (POST /v1/dni/session, /heartbeat): the Structs that encode them
   (models.SessionResponse, models.HeartbeatResponse), with their status enums added here.
-- Every other answer: its handler builds a plain dict (pools.py, stats.py, calls.py,
-  streams.py, snippet.py, app.py), and the Structs below, used for nothing but this
-  document, describe it. Nothing ties the two together by construction:
-  tests/test_openapi.py makes every documented request against a real broker and
-  validates each answer against this document. The shapes are closed
+- Every other JSON answer: its handler builds a plain dict (pools.py, stats.py, calls.py,
+  streams.py, snippet.py) or constant bytes (/healthz, /readyz in app.py), and the Structs
+  below, used for nothing but this document, describe it. Nothing ties the two together
+  by construction: tests/test_openapi.py makes every documented request against a real
+  broker and validates each answer against this document. The shapes are closed
   (additionalProperties: false) and name their required fields, so a field that a handler
   adds, renames or drops fails that test until the Struct here follows.
+- The snippet and the demo page are plain strings, and /openapi.json an object naming its
+  top-level keys; headers (CORS, ETag, Cache-Control) and the 304s of the cacheable
+  routes come from the `Op` table, Cache-Control values from snippet.py.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ from . import __version__
 from .calls import CallRequest
 from .errors import CORS_HEADERS
 from .http import dumps, json_response
+from .models import (ATTRIBUTION_FIELDS, POOL_ID_PATTERN, Attribution, HeartbeatRequest,
+                     HeartbeatResponse, NumbersAdd, PoolCreate, PoolId, PoolUpdate, SessionId,
+                     SessionResponse, VisitorId)
 from .snippet import CONFIG_CACHE, MAX_POOLS, PINNED_CACHE, SCRIPT_CACHE
-from .models import (ATTRIBUTION_FIELDS, POOL_ID_PATTERN, Attribution, HeartbeatRequest, HeartbeatResponse,
-                     NumbersAdd, PoolCreate, PoolId, PoolUpdate, SessionId, SessionResponse,
-                     VisitorId)
 
 
 class ErrorDetail(msgspec.Struct):
@@ -441,7 +444,8 @@ OPERATIONS = [
     Op("get", "/openapi.json", "This document", _DOCUMENT, headers=_ACAO),
     Op("post", "/v1/pools", "Create a pool", PoolCreated, "201", PoolCreate, security=_BEARER),
     Op("get", "/v1/pools", "List pools", PoolList, security=_BEARER),
-    Op("get", "/v1/stats", "Stats of every pool", StatsList, security=_BEARER, query=("target",)),
+    Op("get", "/v1/stats", "Stats of every pool", StatsList, security=_BEARER,
+       query=("target",)),
     Op("get", "/v1/pools/{pool_id}", "Show a pool", Pool, security=_BEARER),
     Op("patch", "/v1/pools/{pool_id}", "Change a pool (fields left out are unchanged; null "
        "clears an optional one)", Pool, request=PoolUpdate, security=_BEARER),
