@@ -178,11 +178,19 @@ class Sizing(_Answer):
     """Erlang B sizing from the last hour's arrivals and holding time."""
 
     target_fallback: Annotated[float, Meta(gt=0, lt=1, description="query `target`")]
-    arrivals_per_s: Annotated[Seconds, Meta(description=(
-        "sessions started plus distinct visitors turned away, per second"))]
+    arrivals_per_s: Annotated[float, Meta(ge=0, description=(
+        "sessions started plus distinct visitors turned away, per second, in the busiest "
+        "15 minutes of the last hour: the rate sized for"))]
+    arrivals_per_s_last_hour: Annotated[float, Meta(ge=0, description=(
+        "the same over the whole last hour (or the pool's age, if younger)"))]
     blocked_visitors_last_hour: Count
+    ended_sessions_last_hour: Annotated[Count, Meta(
+        description="leases that ended in the last hour (their mean length is the holding "
+                    "time)")]
     mean_visit_s: Seconds
-    holding_time_s: Annotated[Seconds, Meta(description="visit plus session length")]
+    holding_time_s: Annotated[Seconds, Meta(description=(
+        "the mean length of the leases that ended in the last hour; before any ended, the "
+        "visit length plus one session length"))]
     offered_load_erlangs: Annotated[float, Meta(ge=0)]
     fallback_probability: Annotated[float, Meta(ge=0, le=1, description=(
         "Erlang B blocking probability at the current size"))]
