@@ -95,12 +95,22 @@ local function walk(set_key, upto, last)
   if #ended == 2 * limit then  -- a full batch: there may be more up to now
     return reported, 1, tonumber(ended[#ended]), ended[#ended - 1]
   end
+  if #ended == 0 then  -- nothing passed: the watermark stays (no write, no AOF line)
+    return 0, 0, nil, nil
+  end
   return reported, 0, now, false
 end
 
+-- A watermark moves only when its walk read something: an idle pool costs no write
+-- (the sidecar calls this for every pool every pass). Staying is safe: nothing below
+-- `now` was found above the old watermark, so the next walk starts where this one did.
 local reported, more, upto, last = walk(numbers_key, tonumber(state[1] or 0), state[2])
 local reported_i, more_i, upto_i, last_i = walk(inactive_key, tonumber(state[3] or 0),
   state[4])
-redis.call('HSET', pool_key, 'ended_upto', upto, 'ended_upto_i', upto_i,
-  'ended_last', last or '', 'ended_last_i', last_i or '')
+if upto then
+  redis.call('HSET', pool_key, 'ended_upto', upto, 'ended_last', last or '')
+end
+if upto_i then
+  redis.call('HSET', pool_key, 'ended_upto_i', upto_i, 'ended_last_i', last_i or '')
+end
 return {reported + reported_i, math.max(more, more_i)}

@@ -268,6 +268,20 @@ def test_end_sessions_reports_each_ended_lease_once(s: Scripts, r):
     assert len(_ended(r, s, "p1")) == 2
 
 
+def test_end_sessions_writes_nothing_for_a_pool_where_nothing_passed(s: Scripts, r):
+    """The sidecar calls it for every pool every pass: an idle pool must cost no write
+    (a write per pool per pass was 1.3 MB/s of AOF with 10,000 idle pools)."""
+    s.make_pool("p1", numbers(2), ttl_ms=60_000)
+    s.session("p1", "a", "sidA", pick=0)
+    keys = s.end_keys("p1")
+    assert s.run("end_sessions", keys, ["p1", 100]) == [0, 0]
+    before = r.hgetall("dni:{p1}:pool")
+    time.sleep(0.01)
+    for _ in range(3):
+        assert s.run("end_sessions", keys, ["p1", 100]) == [0, 0]
+    assert r.hgetall("dni:{p1}:pool") == before
+
+
 def test_end_sessions_moves_a_refreshed_lease_and_reports_its_real_end(s: Scripts, r):
     s.make_pool("p1", numbers(1), ttl_ms=1000, policy="lru")
     _, number, sid, exp = s.session("p1", "a", "sidA")
