@@ -290,7 +290,11 @@ class Pools:
         pool that still does takes its place."""
         index = self.keys.backup_index()
         if old and old != new and await self.redis.execute("HGET", index, old) == pool_id.encode():
-            heir = await self._pool_with_backup(old, but=pool_id)
+            # Called after fix_numbers dropped this pool's count: when no pool names the
+            # number any more (the usual case) there is no heir to look for, and the scan
+            # of every pool (O(pools) reads, slowing the edge behind them) is skipped.
+            others = await self.redis.execute("HGET", self.keys.fixed_index(), old)
+            heir = await self._pool_with_backup(old, but=pool_id) if others else None
             if heir:
                 await self.redis.execute("HSET", index, old, heir)
             else:

@@ -216,3 +216,39 @@ def test_numbers_refused_half_way_are_given_back_but_the_pools_own_stay(redis_se
             await conn.close()
 
     asyncio.run(go())
+
+
+async def _scans_when_leaving(url: str, shared: bool) -> int:
+    """Delete a pool whose backup number another pool names too (or none): how many
+    pools' settings the broker read to find an heir for the backup index."""
+    conn, _, pools = await _services(url)
+    try:
+        backup = "+15550196666"
+        others = [await pools.create(PoolCreate(name=f"o{i}", numbers=numbers(1, start=700 + i),
+                                                fallback_number=backup if shared and i == 0
+                                                else None)) for i in range(3)]
+        leaving = await pools.create(PoolCreate(name="leaving", numbers=numbers(1, start=720),
+                                                fallback_number=backup))
+        reads = 0
+        execute = conn.execute
+
+        async def counting(*args):
+            nonlocal reads
+            reads += args[:1] == ("HGET",) and args[2:] == ("fallback",)
+            return await execute(*args)
+
+        conn.execute = counting  # type: ignore[method-assign]
+        await pools.delete(leaving["id"])
+        conn.execute = execute  # type: ignore[method-assign]
+        for pool in others:
+            await pools.delete(pool["id"])
+        return reads
+    finally:
+        await conn.close()
+
+
+def test_leaving_a_backup_number_no_other_pool_names_reads_no_other_pool(redis_server, r):
+    """The backup index's heir is looked for (a read of every pool) only when another
+    pool still names the number: with 10,000 pools that scan slowed every request."""
+    assert asyncio.run(_scans_when_leaving(redis_server, shared=False)) == 0
+    assert asyncio.run(_scans_when_leaving(redis_server, shared=True)) >= 3
