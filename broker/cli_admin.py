@@ -24,6 +24,9 @@ class CliError(Exception):
         self.code = code
 
 
+TIMEOUT_S = 300  # GET /v1/stats reads every pool's day of counts (about 4 ms a pool)
+
+
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     if not args.token:
         raise CliError("no admin token: pass --token or set DNI_ADMIN_TOKEN", 2)
@@ -32,7 +35,7 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
                                  headers={"Authorization": f"Bearer {args.token}",
                                           "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=60) as res:
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as res:
             raw = res.read()
     except urllib.error.HTTPError as exc:
         try:
@@ -41,6 +44,9 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
         except (ValueError, KeyError, TypeError):
             raise CliError(f"HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
+        if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+            raise CliError(f"the broker at {args.url} did not answer within {TIMEOUT_S} s "
+                           f"({method} {path}); it may still be working on it", 2) from None
         raise CliError(f"cannot reach the broker at {args.url}: {exc}", 2) from None
     return json.loads(raw) if raw else None
 

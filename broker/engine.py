@@ -197,6 +197,15 @@ class Engine:
             raise PoolNotFound(pool_id)
         return PoolStats(total, held, now, on_active)
 
+    async def pool_counts(self, pool_id: str, now_min: int, fields: tuple[str, ...],
+                          span: int) -> list[Any]:
+        """A pool's counts of the last day in one call (pool_counts-1500.lua): the 60
+        newest minute buckets, the sums of the others, the turned-away visitors."""
+        k = self.keys
+        keys = [k.minute(pool_id, now_min - i) for i in range(1440)]
+        keys += [k.blocked(pool_id, now_min - i) for i in range(60)]
+        return await self._run("pool_counts", keys, [*fields, span])
+
     # -- numbers of a pool ------------------------------------------------------------
     # remove/activate re-check the holder lease the caller read; -2 means it changed.
 

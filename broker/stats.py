@@ -141,14 +141,12 @@ async def pool_stats(engine: Engine, pool_id: str, heartbeat_s: int,
         redis.execute("ZCARD", k.inactive(pool_id)))
     ttl_ms, created_at, pressure_at, pressure_since = (int(v) if v else 0 for v in cfg)
     now_min = s.now_ms // 60_000
-    buckets: list[list[Any]] = []
-    for start in range(0, 1440, 60):  # an hour at a time: bounded concurrency (Cluster)
-        buckets += await asyncio.gather(*(
-            redis.execute("HMGET", k.minute(pool_id, now_min - i), *FIELDS, *ENDED_FIELDS,
-                          "peak")
-            for i in range(start, start + 60)))
-    hour, peak_hour = _sum(buckets[:60])
-    day, peak_day = _sum(buckets)
+    names = (*FIELDS, *ENDED_FIELDS, "peak")
+    rows, rest, blocked_in = await engine.pool_counts(pool_id, now_min, names, BUSY_MINUTES)
+    buckets = [[v if v != b"" else None for v in rows[i:i + len(names)]]
+               for i in range(0, len(rows), len(names))]  # the hour's minutes, newest first
+    hour, peak_hour = _sum(buckets)
+    day, peak_day = _sum([*buckets, rest])  # the day's other minutes come summed
     peak_hour = max(peak_hour, s.active_sessions)
     peak_day = max(peak_day, peak_hour)
 
@@ -165,9 +163,6 @@ async def pool_stats(engine: Engine, pool_id: str, heartbeat_s: int,
     # Sized for the busiest 15 minutes of the hour, not its mean: a burst is what fills a
     # pool, and the recommendation must not shrink while the hour forgets the burst.
     spans = [(0, 59)] + [(i, i + BUSY_MINUTES - 1) for i in range(60 - BUSY_MINUTES + 1)]
-    blocked_in = await asyncio.gather(*(
-        redis.execute("PFCOUNT", *(k.blocked(pool_id, now_min - i) for i in range(a, b + 1)))
-        for a, b in spans))
     new_per_min = [int(b[0]) if b[0] is not None else 0 for b in buckets[:60]]
     # spans shorter than the current one (the pool's age, when younger) are left out: a
     # few minutes of a young pool's life would make a noisy rate

@@ -80,3 +80,25 @@ def test_cli_errors(broker, admin):
     assert proc.returncode == 2 and "cannot reach the broker" in proc.stderr
     proc = dni(broker, "pools", "update", "nosuch", "--session-ttl", "0")
     assert proc.returncode == 1 and "invalid_session_ttl" in proc.stderr
+
+
+def test_a_broker_slow_to_answer_is_not_called_unreachable(monkeypatch):
+    """GET /v1/stats of thousands of pools takes a while: a timeout says so (and that the
+    broker may still be working), not that the broker cannot be reached."""
+    import argparse
+    import socket
+
+    import pytest
+
+    from broker import cli_admin
+
+    monkeypatch.setattr(cli_admin, "TIMEOUT_S", 0.3)
+    with socket.socket() as silent:  # accepts the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        args = argparse.Namespace(url=url, token="t")
+        with pytest.raises(cli_admin.CliError) as err:
+            cli_admin._call(args, "GET", "/v1/stats")
+    assert "did not answer within 0.3 s" in str(err.value) and "GET /v1/stats" in str(err.value)
+    assert "cannot reach" not in str(err.value)

@@ -244,6 +244,14 @@ def test_sizing_uses_the_busiest_15_minutes_of_the_hour(admin, make_pool, r):
     r.hset(f"dni:{{{pid}}}:pool", "created_at", (now_min - 120) * 60_000)  # an old pool
     r.hset(f"dni:{{{pid}}}:m:{now_min - 30}", "new", 900)  # 900 sessions in one minute
     r.hset(f"dni:{{{pid}}}:m:{now_min - 50}", "new", 90)
+    r.hset(f"dni:{{{pid}}}:m:{now_min - 300}", mapping={"new": 7, "fallback": 2, "peak": 9})
+    r.hset(f"dni:{{{pid}}}:m:{now_min - 1439}", mapping={"new": 1, "peak": 3})
+    r.hset(f"dni:{{{pid}}}:m:{now_min - 1440}", mapping={"new": 1000, "peak": 99})  # too old
+    day = admin.get(f"/v1/pools/{pid}/stats").json()
+    assert day["counts"]["last_day"] == {"new": 998, "reused": 0, "fallback": 2,
+                                         "unavailable": 0}
+    assert day["counts"]["last_hour"]["new"] == 990
+    assert day["peak_concurrent"] == {"last_hour": 0, "last_day": 9}
     sizing = admin.get(f"/v1/pools/{pid}/stats").json()["sizing"]
     assert sizing["arrivals_per_s"] == pytest.approx(900 / 900)  # 900 in 15 minutes
     st = admin.get(f"/v1/pools/{pid}/stats").json()
