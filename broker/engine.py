@@ -119,6 +119,8 @@ class Engine:
         # a number freed less than this ago waits while others are free (session-5.lua):
         # the broker's call grace period (DNI_CALL_GRACE_S)
         self.grace_ms = grace_ms
+        # names this process's answer-count flushes (one marker key per pool and process)
+        self.process_id = _entropy.take()[0]
         self.scripts = scripts or load_scripts()
         self._session = self.scripts["session"]
         self._session.check(self.keys.session_keys("p", "v"))
@@ -310,6 +312,7 @@ class Engine:
         flush_id, _ = _entropy.take()  # one per call: a resent call is recognised
         held, total, started = await self._run(
             "record_counts", [k.pool(pool_id), k.numbers(pool_id), k.minute(pool_id, minute),
-                              k.flush_marker(pool_id, flush_id), k.blocked(pool_id, minute)],
-            [bucket_ttl_s, threshold_pct, window_ms, len(counts), *flat, *blocked])
+                              k.flush_marker(pool_id, self.process_id),
+                              k.blocked(pool_id, minute)],
+            [bucket_ttl_s, threshold_pct, window_ms, flush_id, len(counts), *flat, *blocked])
         return held, total, bool(started)

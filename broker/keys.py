@@ -35,9 +35,10 @@ class Keys:
         """HyperLogLog of the visitors answered fallback/unavailable in one minute."""
         return self._p(pool_id) + f":b:{minute}"
 
-    def flush_marker(self, pool_id: str, flush_id: str) -> str:
-        """Marks one answer-count flush as added (a minute's expiry; record_counts-5)."""
-        return self._p(pool_id) + ":f:" + flush_id
+    def flush_marker(self, pool_id: str, process_id: str) -> str:
+        """The last answer-count flush of one broker process to the pool (a minute's
+        expiry; record_counts-5)."""
+        return self._p(pool_id) + ":f:" + process_id
 
     def outbox(self, pool_id: str) -> str:
         return self._p(pool_id) + ":outbox"

@@ -13,18 +13,20 @@ KEYS[1] pool     hash: pressure_at (epoch ms of the last sample at or over the t
 KEYS[2] numbers  sorted set of active numbers: number -> free-from time (epoch ms)
 KEYS[3] bucket   hash of one minute: new, reused, fallback, unavailable, alive (counts),
                  peak (most concurrent sessions sampled)
-KEYS[4] flush    a marker of this flush (one id per flush and pool): a flush sent twice
-                 (the connection dropped with it in flight, the client sent it again)
-                 is added once
+KEYS[4] flush    the id of the last flush of this broker process to this pool (one key
+                 per pool and process, kept a minute): a flush sent twice (the connection
+                 dropped with it in flight, the client sent it again) is added once; a
+                 process sends its flushes of one pool one after the other
 KEYS[5] blocked  HyperLogLog of one minute: the visitors answered fallback or
                  unavailable (distinct: the snippet asks again every heartbeat_s while a
                  pool is full, and those retries are not new arrivals)
 ARGV[1] bucket lifetime (seconds)
 ARGV[2] pressure threshold, percent of the active numbers (80)
 ARGV[3] pressure window (ms): pressure "starts" when none was seen for this long
-ARGV[4] n, the count of field, increment pairs that follow
-ARGV[5 .. 4+2n] field, increment pairs
-ARGV[5+2n ..] visitor ids answered fallback or unavailable in this flush
+ARGV[4] this flush's id
+ARGV[5] n, the count of field, increment pairs that follow
+ARGV[6 .. 5+2n] field, increment pairs
+ARGV[6+2n ..] visitor ids answered fallback or unavailable in this flush
 
 Sessions on deactivated numbers are not counted here: pressure is about the numbers
 that can still be assigned.
@@ -47,9 +49,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local total = redis.call('ZCARD', numbers_key)
 local held = redis.call('ZCOUNT', numbers_key, '(' .. now, '+inf')
 local peak = tonumber(redis.call('HGET', bucket_key, 'peak') or '-1')
-local last_pair = 4 + 2 * tonumber(ARGV[4])
+local flush_id = ARGV[4]
+local last_pair = 5 + 2 * tonumber(ARGV[5])
 local turned_away = 0
-for i = 5, last_pair, 2 do
+for i = 6, last_pair, 2 do
   if ARGV[i] == 'fallback' or ARGV[i] == 'unavailable' then
     turned_away = turned_away + tonumber(ARGV[i + 1])
   end
@@ -57,15 +60,16 @@ end
 -- under pressure: most active numbers held, or none to hold and visitors turned away
 local pressed = (total > 0 and held * 100 >= total * threshold_pct) or
   (total == 0 and turned_away > 0)
-if not redis.call('SET', flush_key, 1, 'NX', 'EX', 60) then  -- retries come within seconds
+if redis.call('GET', flush_key) == flush_id then  -- retries come within seconds
   return {held, total, 0}  -- this flush was added already
 end
+redis.call('SET', flush_key, flush_id, 'EX', 60)
 local started = 0
 if pressed and (not prev[2] or now - tonumber(prev[2]) > window_ms) then
   started = 1
 end
 
-for i = 5, last_pair, 2 do
+for i = 6, last_pair, 2 do
   redis.call('HINCRBY', bucket_key, ARGV[i], ARGV[i + 1])
 end
 if #ARGV > last_pair then

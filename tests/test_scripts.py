@@ -457,16 +457,23 @@ def test_a_count_flush_sent_twice_is_added_once(s: Scripts, r):
     flush's marker makes the second one add nothing."""
     s.make_pool("p1", numbers(2))
     k = s.keys
-    keys = [k.pool("p1"), k.numbers("p1"), k.minute("p1", 1), k.flush_marker("p1", "f1"),
+    keys = [k.pool("p1"), k.numbers("p1"), k.minute("p1", 1), k.flush_marker("p1", "proc1"),
             k.blocked("p1", 1)]
-    args = [3600, 80, 3_600_000, 2, "new", 7, "alive", 2, "vA", "vB", "vA"]
+    args = [3600, 80, 3_600_000, "flush1", 2, "new", 7, "alive", 2, "vA", "vB", "vA"]
     assert s.run("record_counts", keys, args)[:2] == [0, 2]
     s.run("record_counts", keys, args)  # the same flush again
     assert r.hgetall(k.minute("p1", 1)) == {b"new": b"7", b"alive": b"2", b"peak": b"0"}
     assert r.pfcount(k.blocked("p1", 1)) == 2  # distinct visitors turned away
-    s.run("record_counts", keys[:3] + [k.flush_marker("p1", "f2"), keys[4]], args)  # the next
+    args[3] = "flush2"
+    s.run("record_counts", keys, args)  # the process's next flush
     assert r.hget(k.minute("p1", 1), "new") == b"14"
-    assert 0 < r.ttl(k.flush_marker("p1", "f1")) <= 60
+    # another process's flush, whatever its id, is its own
+    s.run("record_counts", keys[:3] + [k.flush_marker("p1", "proc2"), keys[4]], args)
+    assert r.hget(k.minute("p1", 1), "new") == b"21"
+    # one marker per pool and process, not per flush: they do not pile up under traffic
+    assert sorted(r.keys(k.flush_marker("p1", "*"))) == [
+        k.flush_marker("p1", p).encode() for p in ("proc1", "proc2")]
+    assert 0 < r.ttl(k.flush_marker("p1", "proc1")) <= 60
 
 
 def test_all_keys_of_a_pool_share_one_cluster_slot():
