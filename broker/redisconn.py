@@ -298,16 +298,13 @@ class ClusterRedis:
         from redis.asyncio.cluster import RedisCluster
 
         self._client = RedisCluster.from_url(url, decode_responses=False, protocol=2)
+        _raw_replies(self._client)
         self._ready = False
         self.retry_s = retry_s
 
     async def _init(self) -> None:
         if not self._ready:
             await self._client.initialize()
-            # Raw replies, as the single-node client gives (no dicts/sets/decoding).
-            for node in self._client.get_nodes():
-                node.response_callbacks = {}
-            self._client.response_callbacks = {}
             self._ready = True
 
     async def _call(self, make: Any) -> Any:
@@ -380,6 +377,22 @@ class ClusterRedis:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _raw_replies(client: Any) -> None:
+    """Make every node of a redis-py cluster client, those it knows now and those it
+    meets later (a node added, a replica promoted, a slot's new owner), answer raw
+    replies as PipelinedRedis does: lists, not the dicts, sets and booleans of redis-py's
+    reply callbacks. redis-py builds each node it meets from its connection settings, so
+    the map goes there, not only on the nodes known now. COMMAND keeps its parser: redis-py
+    reads it to route commands, at start-up and each time it re-reads the topology (after
+    a dropped connection, CLUSTERDOWN, every fifth MOVED)."""
+    raw = {"COMMAND": client.response_callbacks["COMMAND"]}
+    client.response_callbacks = raw
+    client.nodes_manager.connection_kwargs["response_callbacks"] = raw
+    for node in (*client.nodes_manager.startup_nodes.values(),
+                 *client.nodes_manager.nodes_cache.values()):
+        node.response_callbacks = raw
 
 
 def connect(url: str, cluster: bool = False, retry_s: float = 3.0) -> PipelinedRedis | ClusterRedis:
