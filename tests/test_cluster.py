@@ -12,7 +12,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from typing import Callable, Iterator
 
 import httpx
@@ -78,7 +80,9 @@ class LocalCluster:
             self.tmp, port, "--cluster-enabled", "yes", "--cluster-config-file",
             f"{self.tmp}/nodes-{port}.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
             # a master whose last slot moves away stays a master (a test moves slots back)
-            "--cluster-allow-replica-migration", "no")
+            "--cluster-allow-replica-migration", "no",
+            # a master that came back as a replica syncs at once, not 5 s later
+            "--repl-diskless-sync-delay", "0")
         return port
 
     def create(self, masters: int = 3, replicas: int = 0) -> "LocalCluster":
@@ -379,3 +383,114 @@ def test_a_slot_moved_to_a_node_added_later(make_cluster: Callable[..., LocalClu
     finally:
         nodes.close()
         broker.stop()
+
+
+def test_a_slot_in_migration_is_503_within_the_budget(make_cluster: Callable[..., LocalCluster]):
+    """While a pool's slot is half moved, its new sessions get TRYAGAIN: they are waited
+    for up to DNI_REDIS_RETRY_MS, then 503 redis_unavailable (not 500 after redis-py's
+    own 0.4 s); the sidecar logs a line, no traceback. Once the move ends, the pool
+    answers again."""
+    cluster = make_cluster(3)
+    broker = BrokerProcess(cluster.url, env={"DNI_REDIS_CLUSTER": "1",
+                                             "DNI_REDIS_RETRY_MS": "1000",
+                                             "DNI_SIDECAR_INTERVAL_MS": "100"}).start()
+    nodes = RedisCluster.from_url(cluster.url)
+    try:
+        with _admin(broker) as admin:
+            moving, other = (admin.post("/v1/pools", json={"name": f"t{i}",
+                                                           "numbers": numbers(5, 10 * i)}).json()
+                             for i in range(2))
+            held = _session(broker, moving["id"], "v0").json()
+            slot = key_slot(Keys().pool(moving["id"]).encode())
+            assert slot != key_slot(Keys().pool(other["id"]).encode())
+            dst = next(p for p in cluster.masters() if p != cluster.owner(slot))
+            src = cluster.begin_move(slot, dst, [Keys().pool(moving["id"])])
+            started = time.monotonic()
+            res = _session(broker, moving["id"], "v1")
+            took = time.monotonic() - started
+            assert res.status_code == 503, (res.text, broker.log()[-3000:])
+            assert res.json()["error"]["code"] == "redis_unavailable"
+            assert 0.9 <= took < 2.5, took
+            assert _session(broker, other["id"], "v0").json()["status"] == "new"
+            time.sleep(1.0)  # sidecar passes meet the migration too
+            log = broker.log()
+            assert "Traceback" not in log and "sidecar: " in log, log[-3000:]
+            cluster.end_move(slot, src, dst)
+            assert _session(broker, moving["id"], "v1").json()["status"] == "new"
+            again = _session(broker, moving["id"], "v0").json()
+            assert again["status"] == "reused" and again["session_id"] == held["session_id"]
+    finally:
+        nodes.close()
+        broker.stop()
+
+
+def test_a_stopped_or_killed_master_costs_at_most_the_budget(
+        make_cluster: Callable[..., LocalCluster]):
+    """Under steady load, a master stopped (SIGSTOP: a hung host) until its replica takes
+    over, then another killed: no request is answered 500, none takes much longer than
+    DNI_REDIS_RETRY_MS (they waited 5 s socket timeouts and more), and once the replicas
+    serve, every request answers 200 again."""
+    budget = 1.0
+    cluster = make_cluster(3, replicas=1, node_timeout_ms=1000)
+    broker = BrokerProcess(cluster.url, env={"DNI_REDIS_CLUSTER": "1",
+                                             "DNI_REDIS_RETRY_MS": str(int(budget * 1000))}).start()
+    results: list[tuple[float, float, int]] = []  # (sent at, took, status; 0: no answer)
+    done = threading.Event()
+    threads: list[threading.Thread] = []
+    try:
+        with _admin(broker) as admin:
+            pools = [admin.post("/v1/pools", json={"name": f"f{i}", "numbers": numbers(40, 100 * i),
+                                                   "fallback_number": "+15550199999"}).json()
+                     for i in range(6)]
+        owner = {p["id"]: cluster.owner(key_slot(Keys().pool(p["id"]).encode())) for p in pools}
+        victims = sorted(set(owner.values()))[:2]
+        assert len(victims) == 2, owner  # the pools live on two masters at least
+
+        def load(k: int) -> None:
+            with httpx.Client(base_url=broker.url, timeout=15) as http:
+                i = 0
+                while not done.is_set():
+                    pool = pools[i % len(pools)]
+                    sent = time.monotonic()
+                    try:
+                        status = http.post("/v1/dni/session", json={
+                            "pool_id": pool["id"], "visitor_id": f"{k}-{i % 7}"}).status_code
+                    except httpx.TransportError:
+                        status = 0
+                    results.append((sent, time.monotonic() - sent, status))
+                    i += 1
+
+        threads += [threading.Thread(target=load, args=(k,), daemon=True) for k in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        recovered: list[tuple[float, float]] = []  # windows that must be all 200
+        # a hung master: its replica takes over; the stopped one rejoins as a replica
+        replica = cluster.replica_of(victims[0])
+        os.kill(cluster.procs[victims[0]].pid, signal.SIGSTOP)
+        cluster.wait_promoted(victims[0], replica)
+        time.sleep(0.5)
+        recovered.append((time.monotonic(), time.monotonic() + 1.0))
+        time.sleep(1.0)
+        os.kill(cluster.procs[victims[0]].pid, signal.SIGCONT)
+        cluster.wait_ok()
+        # a killed master
+        replica = cluster.replica_of(victims[1])
+        cluster.procs[victims[1]].kill()
+        cluster.wait_promoted(victims[1], replica)
+        time.sleep(0.5)
+        recovered.append((time.monotonic(), time.monotonic() + 1.0))
+        time.sleep(1.0)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
+        broker.stop()
+    statuses = Counter(status for _, _, status in results)
+    log = broker.log()
+    assert set(statuses) <= {200, 503}, (statuses, log[-3000:])
+    slowest = max(took for _, took, _ in results)
+    assert slowest < budget + 0.75, (slowest, statuses)
+    for start, end in recovered:
+        assert {s for sent, _, s in results if start <= sent < end} == {200}, statuses
+    assert "Traceback" not in log, log[-3000:]
