@@ -388,8 +388,8 @@ def test_a_slot_moved_to_a_node_added_later(make_cluster: Callable[..., LocalClu
 def test_a_slot_in_migration_is_503_within_the_budget(make_cluster: Callable[..., LocalCluster]):
     """While a pool's slot is half moved, its new sessions get TRYAGAIN: they are waited
     for up to DNI_REDIS_RETRY_MS, then 503 redis_unavailable (not 500 after redis-py's
-    own 0.4 s); the sidecar logs a line, no traceback. Once the move ends, the pool
-    answers again."""
+    own 0.4 s); the sidecar logs a line, no traceback, and goes on with the other pools.
+    Once the move ends, the pool answers again."""
     cluster = make_cluster(3)
     broker = BrokerProcess(cluster.url, env={"DNI_REDIS_CLUSTER": "1",
                                              "DNI_REDIS_RETRY_MS": "1000",
@@ -397,9 +397,10 @@ def test_a_slot_in_migration_is_503_within_the_budget(make_cluster: Callable[...
     nodes = RedisCluster.from_url(cluster.url)
     try:
         with _admin(broker) as admin:
-            moving, other = (admin.post("/v1/pools", json={"name": f"t{i}",
-                                                           "numbers": numbers(5, 10 * i)}).json()
-                             for i in range(2))
+            # the sidecar's pass meets the moving pool first (it takes pools in id order)
+            moving, other = sorted((admin.post("/v1/pools", json={
+                "name": f"t{i}", "numbers": numbers(5, 10 * i)}).json() for i in range(2)),
+                key=lambda pool: pool["id"])
             held = _session(broker, moving["id"], "v0").json()
             slot = key_slot(Keys().pool(moving["id"]).encode())
             assert slot != key_slot(Keys().pool(other["id"]).encode())
@@ -411,10 +412,12 @@ def test_a_slot_in_migration_is_503_within_the_budget(make_cluster: Callable[...
             assert res.status_code == 503, (res.text, broker.log()[-3000:])
             assert res.json()["error"]["code"] == "redis_unavailable"
             assert 0.9 <= took < 2.5, took
-            assert _session(broker, other["id"], "v0").json()["status"] == "new"
-            time.sleep(1.0)  # sidecar passes meet the migration too
+            # other pools are served, and the sidecar still copies their sessions
+            fine = _session(broker, other["id"], "v0").json()
+            assert fine["status"] == "new"
+            _wait(lambda: _streamed(nodes, fine["session_id"]), what="other pool copied")
             log = broker.log()
-            assert "Traceback" not in log and "sidecar: " in log, log[-3000:]
+            assert "Traceback" not in log and f"sidecar: pool {moving['id']}" in log, log[-3000:]
             cluster.end_move(slot, src, dst)
             assert _session(broker, moving["id"], "v1").json()["status"] == "new"
             again = _session(broker, moving["id"], "v0").json()
