@@ -297,8 +297,9 @@ class ClusterRedis:
     Every retry is this class's (`_call`), none is redis-py's: one budget bounds a call,
     and a script that must not run twice is not sent again behind its back."""
 
-    def __init__(self, url: str, retry_s: float = 3.0) -> None:
-        from redis.asyncio.cluster import RedisCluster
+    def __init__(self, url: str, retry_s: float = 3.0,
+                 nodes: tuple[tuple[str, int], ...] = ()) -> None:
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
@@ -309,7 +310,9 @@ class ClusterRedis:
         stall_s = max(retry_s, 1.0) / 2
         self._client = RedisCluster.from_url(
             url, decode_responses=False, protocol=2, retry=Retry(NoBackoff(), 0),
-            socket_timeout=stall_s, socket_connect_timeout=stall_s)
+            socket_timeout=stall_s, socket_connect_timeout=stall_s,
+            # the cluster is discovered from any of these that answers, the URL's node too
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes])
         _raw_replies(self._client)
 
     async def _call(self, make: Any, resend: bool = True, start: float | None = None) -> Any:
@@ -428,5 +431,6 @@ def _raw_replies(client: Any) -> None:
         node.response_callbacks = raw
 
 
-def connect(url: str, cluster: bool = False, retry_s: float = 3.0) -> PipelinedRedis | ClusterRedis:
-    return ClusterRedis(url, retry_s) if cluster else PipelinedRedis(url, retry_s)
+def connect(url: str, cluster: bool = False, retry_s: float = 3.0,
+            cluster_nodes: tuple[tuple[str, int], ...] = ()) -> PipelinedRedis | ClusterRedis:
+    return ClusterRedis(url, retry_s, cluster_nodes) if cluster else PipelinedRedis(url, retry_s)

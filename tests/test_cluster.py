@@ -427,6 +427,29 @@ def test_a_slot_in_migration_is_503_within_the_budget(make_cluster: Callable[...
         broker.stop()
 
 
+def test_a_broker_starts_with_its_first_node_down(cluster_url: str):
+    """DNI_REDIS_CLUSTER_NODES names more nodes to start from: with the node of
+    DNI_REDIS_URL down (nothing listens there), the broker, the sidecar and the
+    reference consumer still find the cluster."""
+    nodes = RedisCluster.from_url(cluster_url)
+    listed = ",".join(f"{n.host}:{n.port}" for n in nodes.get_primaries())
+    nodes.close()
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    env = {"DNI_REDIS_CLUSTER": "1", "DNI_REDIS_CLUSTER_NODES": listed}
+    broker = BrokerProcess(down, env=env)
+    try:
+        broker.start()
+        with _admin(broker) as admin:
+            pool = admin.post("/v1/pools", json={"name": "d", "numbers": numbers(2, 200)}).json()
+        assert _session(broker, pool["id"], "v0").json()["status"] == "new"
+    finally:
+        broker.stop()
+    for command in (["sidecar", "--once"], ["events", "tail", "--stream", "sessions"]):
+        out = subprocess.run([sys.executable, "-m", "broker.cli", *command], env=broker.env,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+
+
 def test_a_stopped_or_killed_master_costs_at_most_the_budget(
         make_cluster: Callable[..., LocalCluster]):
     """Under steady load, a master stopped (SIGSTOP: a hung host) until its replica takes
