@@ -341,7 +341,7 @@ class ClusterRedis:
                     return await make()
             except rx.ResponseError as exc:
                 if not isinstance(exc, (rx.TryAgainError, rx.ClusterDownError)):
-                    raise RedisError(str(exc)) from None
+                    raise RedisError(_reply_text(exc)) from None
                 last = exc  # refused before running: worth waiting
             except (rx.ClusterError, rx.RedisClusterException, rx.BusyLoadingError,
                     rx.MaxConnectionsError) as exc:
@@ -409,6 +409,19 @@ class ClusterRedis:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _reply_text(exc: Exception) -> str:
+    """An error reply as Redis wrote it. redis-py moves the code of some (OOM, READONLY,
+    NOPERM...) into the exception's class and drops it from the text; the edge tells a
+    full or refusing Redis (503) from a bug (500) by that code."""
+    from redis import exceptions as rx
+
+    text = str(exc)
+    code = getattr(exc, "status_code", None) or {
+        rx.OutOfMemoryError: "OOM", rx.ReadOnlyError: "READONLY",
+        rx.NoPermissionError: "NOPERM"}.get(type(exc))
+    return f"{code} {text}" if code and not text.startswith(code) else text
 
 
 def _named(exc: Exception | None) -> str:

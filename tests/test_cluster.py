@@ -321,6 +321,29 @@ def test_an_unreachable_cluster_is_503_not_500():
         broker.stop()
 
 
+def test_a_full_node_is_503_redis_full(cluster_url: str):
+    """A node at its maxmemory refuses new sessions with OOM: 503 redis_full as on a
+    single Redis (redis-py drops the code from the text: it was a 500), live sessions
+    go on being reused."""
+    broker = BrokerProcess(cluster_url, env={"DNI_REDIS_CLUSTER": "1"}).start()
+    nodes = RedisCluster.from_url(cluster_url)
+    node = None
+    try:
+        with _admin(broker) as admin:
+            pool = admin.post("/v1/pools", json={"name": "o", "numbers": numbers(3, 300)}).json()
+        assert _session(broker, pool["id"], "v0").json()["status"] == "new"
+        node = nodes.get_node_from_key(Keys().pool(pool["id"]))
+        nodes.config_set("maxmemory", 1, target_nodes=node)
+        res = _session(broker, pool["id"], "v1")
+        assert res.status_code == 503 and res.json()["error"]["code"] == "redis_full", res.text
+        assert _session(broker, pool["id"], "v0").json()["status"] == "reused"
+    finally:
+        if node is not None:
+            nodes.config_set("maxmemory", 0, target_nodes=node)
+        nodes.close()
+        broker.stop()
+
+
 def test_a_dropped_connection_costs_no_request(cluster_url: str):
     """Every connection to every master dropped (CLIENT KILL; a network blip, a proxy
     restart): the next requests reconnect and answer, /readyz too. A dropped connection
