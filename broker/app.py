@@ -169,7 +169,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = connect(settings.redis_url, settings.redis_cluster, settings.redis_retry_s)
+        redis = connect(settings.redis_url, settings.redis_cluster, settings.redis_retry_s,
+                        settings.redis_cluster_nodes)
         scripts = load_scripts()
         engine = Engine(redis, Keys(settings.key_prefix), scripts, settings.call_grace_s * 1000)
         app.state.settings = settings

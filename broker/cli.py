@@ -105,7 +105,8 @@ def _sidecar(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     async def run() -> None:
-        redis = connect(url, settings.redis_cluster, settings.redis_retry_s)
+        redis = connect(url, settings.redis_cluster, settings.redis_retry_s,
+                        settings.redis_cluster_nodes)
         sidecar = Sidecar(redis, Keys(settings.key_prefix), load_scripts(),
                           settings.stream_maxlen, settings.sidecar_interval_ms / 1000)
         try:

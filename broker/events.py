@@ -188,9 +188,14 @@ def run_tail(args: argparse.Namespace) -> int:
     # each command names one stream, so a cluster client routes them one by one; reads
     # block 5 s at a time, so the socket may wait longer than that (redis-py's default
     # timeout would end a quiet --follow after 5 s)
-    opts = {"socket_timeout": 30}
-    client = (redis.RedisCluster.from_url(url, **opts) if settings.redis_cluster
-              else redis.Redis.from_url(url, **opts))
+    opts: dict[str, Any] = {"socket_timeout": 30}
+    if settings.redis_cluster:
+        from redis.cluster import ClusterNode
+
+        client = redis.RedisCluster.from_url(url, startup_nodes=[
+            ClusterNode(host, port) for host, port in settings.redis_cluster_nodes], **opts)
+    else:
+        client = redis.Redis.from_url(url, **opts)
     try:
         if args.group:
             if not args.consumer:

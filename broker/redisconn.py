@@ -306,46 +306,79 @@ class PipelinedRedis:
 
 class ClusterRedis:
     """The same interface over redis-py's cluster client (hash-slot routing), with the
-    same failure contract: a cluster that cannot be reached within the retry budget is
-    RedisUnavailable (503 at the edge), an error reply is RedisError."""
+    same failure contract: a cluster that cannot serve within the retry budget is
+    RedisUnavailable (503 at the edge), an error reply is RedisError.
 
-    def __init__(self, url: str, retry_s: float = 3.0) -> None:
-        from redis.asyncio.cluster import RedisCluster
+    Every retry is this class's (`_call`), none is redis-py's: one budget bounds a call,
+    and a script that must not run twice is not sent again behind its back."""
 
-        self._client = RedisCluster.from_url(url, decode_responses=False, protocol=2)
-        self._ready = False
+    def __init__(self, url: str, retry_s: float = 3.0,
+                 nodes: tuple[tuple[str, int], ...] = ()) -> None:
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         self.retry_s = retry_s
+        # A node that holds the connection but answers nothing (stopped, hung) is given
+        # up after half the budget: the call has time left to find the slot's new owner
+        # after a failover (redis-py then re-reads the topology, asking that node last).
+        stall_s = max(retry_s, 1.0) / 2
+        self._client = RedisCluster.from_url(
+            url, decode_responses=False, protocol=2, retry=Retry(NoBackoff(), 0),
+            socket_timeout=stall_s, socket_connect_timeout=stall_s,
+            # the cluster is discovered from any of these that answers, the URL's node too
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes])
+        _raw_replies(self._client)
 
-    async def _init(self) -> None:
-        if not self._ready:
-            await self._client.initialize()
-            # Raw replies, as the single-node client gives (no dicts/sets/decoding).
-            for node in self._client.get_nodes():
-                node.response_callbacks = {}
-            self._client.response_callbacks = {}
-            self._ready = True
-
-    async def _call(self, make: Any) -> Any:
-        """Run `make()` (a fresh coroutine each try), retrying while the cluster is
-        unreachable or down, up to the retry budget."""
+    async def _call(self, make: Any, resend: bool = True, start: float | None = None) -> Any:
+        """Run `make()` (a fresh coroutine each try) until it answers, trying again while
+        the cluster cannot serve: nodes unreachable, a failover (CLUSTERDOWN, dropped
+        connections), a slot in migration (TRYAGAIN), redis-py's own errors while the
+        topology changes under it. The budget counts from `start`: no try begins after
+        `retry_s`, and none runs past max(retry_s, 1 s) (a first try has 1 s at least,
+        as PipelinedRedis's stall watchdog gives). `resend=False`: after a try that may
+        have run (its connection dropped or timed out with it in flight), no other."""
         from redis import exceptions as rx
 
-        unreachable = (rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError,
-                       rx.TryAgainError, rx.RedisClusterException, OSError)
-        deadline = time.monotonic() + self.retry_s
+        start = time.monotonic() if start is None else start
+        last_try = start + self.retry_s
+        give_up = start + max(self.retry_s, 1.0)
+        failed_node = None  # the node of the last dropped connection: asked last
+        last: Exception | None = None
         while True:
+            limit = asyncio.timeout(give_up - time.monotonic())
             try:
-                await self._init()
-                return await make()
+                async with limit:
+                    if failed_node is None:
+                        await self._client.initialize()  # a no-op unless the topology
+                    else:  # must be read (again): at start-up, after a drop, CLUSTERDOWN
+                        await self._client.initialize(last_failed_node_name=failed_node)
+                    return await make()
             except rx.ResponseError as exc:
-                if not isinstance(exc, (rx.ClusterDownError, rx.TryAgainError)):
-                    raise RedisError(str(exc)) from None
-                last: Exception = exc
-            except unreachable as exc:
+                if not isinstance(exc, (rx.TryAgainError, rx.ClusterDownError)):
+                    raise RedisError(_reply_text(exc)) from None
+                last = exc  # refused before running: worth waiting
+            except (rx.ClusterError, rx.RedisClusterException, rx.BusyLoadingError,
+                    rx.MaxConnectionsError) as exc:
+                # not run: redirected or told TRYAGAIN too often ("TTL exhausted"), no
+                # node reachable, a slot not served, loading, no free connection
                 last = exc
-            if time.monotonic() >= deadline:
-                raise RedisUnavailable(f"Redis Cluster not reachable: {last}") from None
-            await asyncio.sleep(0.1)
+            except Exception as exc:  # noqa: BLE001 - a drop, a timeout, redis-py's races
+                if limit.expired():
+                    raise RedisUnavailable(
+                        f"Redis Cluster did not answer within {give_up - start:g} s"
+                        + (f"; before that: {_named(last)}" if last else "")) from None
+                # a dropped connection, a timeout, or redis-py tripping over its own
+                # connections while a failover changes them (RuntimeError on a closed
+                # transport, AttributeError on a connection torn down): it may have run
+                if not resend:
+                    raise RedisUnavailable(f"Redis Cluster dropped a command in flight; it "
+                                           f"may or may not have run: {_named(exc)}") from None
+                failed_node = getattr(exc, "last_failed_node_name", None)
+                last = exc
+            if time.monotonic() + 0.05 >= last_try:
+                raise RedisUnavailable(f"Redis Cluster not serving: {_named(last)}") from None
+            await asyncio.sleep(0.05)
 
     async def execute(self, *args: Any) -> Any:
         return await self._call(lambda: self._client.execute_command(*args))
@@ -362,18 +395,14 @@ class ClusterRedis:
             except NoScriptError:
                 return await self._client.eval(script.body, script.numkeys, *keys, *args)
 
-        if not resend:  # at most once from here (see PipelinedRedis.evalsha)
-            from redis import exceptions as rx
-
-            try:
-                await self._call(lambda: self._client.ping())
-                return await run()
-            except rx.ResponseError as exc:
-                raise RedisError(str(exc)) from None
-            except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
-                raise RedisUnavailable(f"Redis Cluster dropped {script.name} in flight: {exc}"
-                                       ) from None
-        return await self._call(run)
+        if resend:
+            return await self._call(run)
+        # At most once (see PipelinedRedis.evalsha): wait until the node serving the
+        # script's slot answers, then send it once, within the same budget.
+        start = time.monotonic()
+        await self._call(lambda: self._client.execute_command(
+            "PING", target_nodes=self._client.get_node_from_key(keys[0])), start=start)
+        return await self._call(run, resend=False, start=start)
 
     async def load_scripts(self, scripts: list[Script]) -> None:
         async def run() -> None:
@@ -399,5 +428,39 @@ class ClusterRedis:
         await self._client.aclose()
 
 
-def connect(url: str, cluster: bool = False, retry_s: float = 3.0) -> PipelinedRedis | ClusterRedis:
-    return ClusterRedis(url, retry_s) if cluster else PipelinedRedis(url, retry_s)
+def _reply_text(exc: Exception) -> str:
+    """An error reply as Redis wrote it. redis-py moves the code of some (OOM, READONLY,
+    NOPERM...) into the exception's class and drops it from the text; the edge tells a
+    full or refusing Redis (503) from a bug (500) by that code."""
+    from redis import exceptions as rx
+
+    text = str(exc)
+    code = getattr(exc, "status_code", None) or {
+        rx.OutOfMemoryError: "OOM", rx.ReadOnlyError: "READONLY",
+        rx.NoPermissionError: "NOPERM"}.get(type(exc))
+    return f"{code} {text}" if code and not text.startswith(code) else text
+
+
+def _named(exc: Exception | None) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _raw_replies(client: Any) -> None:
+    """Make every node of a redis-py cluster client, those it knows now and those it
+    meets later (a node added, a replica promoted, a slot's new owner), answer raw
+    replies as PipelinedRedis does: lists, not the dicts, sets and booleans of redis-py's
+    reply callbacks. redis-py builds each node it meets from its connection settings, so
+    the map goes there, not only on the nodes known now. COMMAND keeps its parser: redis-py
+    reads it to route commands, at start-up and each time it re-reads the topology (after
+    a dropped connection, CLUSTERDOWN, every fifth MOVED)."""
+    raw = {"COMMAND": client.response_callbacks["COMMAND"]}
+    client.response_callbacks = raw
+    client.nodes_manager.connection_kwargs["response_callbacks"] = raw
+    for node in (*client.nodes_manager.startup_nodes.values(),
+                 *client.nodes_manager.nodes_cache.values()):
+        node.response_callbacks = raw
+
+
+def connect(url: str, cluster: bool = False, retry_s: float = 3.0,
+            cluster_nodes: tuple[tuple[str, int], ...] = ()) -> PipelinedRedis | ClusterRedis:
+    return ClusterRedis(url, retry_s, cluster_nodes) if cluster else PipelinedRedis(url, retry_s)

@@ -48,6 +48,28 @@ def _flag(env: dict[str, str], name: str) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a boolean (use 1 or 0)")
 
 
+def _nodes(env: dict[str, str], url: str | None, cluster: bool) -> tuple[tuple[str, int], ...]:
+    """DNI_REDIS_CLUSTER_NODES: more nodes to discover the cluster from, beside the one of
+    DNI_REDIS_URL (whose scheme, user and password they share): `host:port,host:port`."""
+    raw = env.get("DNI_REDIS_CLUSTER_NODES", "").strip()
+    if not raw:
+        return ()
+    name = "DNI_REDIS_CLUSTER_NODES"
+    if not cluster:
+        raise SettingsError(f"{name} names nodes of a Redis Cluster: set DNI_REDIS_CLUSTER=1")
+    if not url or not url.startswith(("redis://", "rediss://")):
+        raise SettingsError(f"{name} needs DNI_REDIS_URL=redis:// or rediss:// (its scheme, "
+                            f"user and password apply to every node)")
+    nodes = []
+    for entry in raw.split(","):
+        host, _, port = entry.strip().rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")  # [::1]:7000
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"{name}: {entry.strip()!r} is not host:port")
+        nodes.append((host, int(port)))
+    return tuple(nodes)
+
+
 def _choice(env: dict[str, str], name: str, options: tuple[str, ...]) -> str:
     raw = env.get(name) or options[0]
     if raw not in options:
@@ -59,6 +81,7 @@ def _choice(env: dict[str, str], name: str, options: tuple[str, ...]) -> str:
 class Settings:
     redis_url: str | None = None
     redis_cluster: bool = False
+    redis_cluster_nodes: tuple[tuple[str, int], ...] = ()  # beside DNI_REDIS_URL's node
     admin_token: str | None = None
     data_dir: str = "./.dni"
     key_prefix: str = "dni"
@@ -105,6 +128,8 @@ class Settings:
                 parse_redis_url(url)
             except ValueError as exc:
                 raise SettingsError(f"DNI_REDIS_URL={url!r}: {exc}") from None
+        cluster = _flag(env, "DNI_REDIS_CLUSTER")
+        cluster_nodes = _nodes(env, url, cluster)
         if env.get("DNI_IP_MODE") == "hash" and not env.get("DNI_IP_HASH_KEY"):
             raise SettingsError("DNI_IP_MODE=hash needs a secret in DNI_IP_HASH_KEY")
         region = env.get("DNI_DEFAULT_REGION", "US").upper()
@@ -112,7 +137,8 @@ class Settings:
             raise SettingsError(f"DNI_DEFAULT_REGION={region!r} is not a two-letter region")
         return cls(
             redis_url=url,
-            redis_cluster=_flag(env, "DNI_REDIS_CLUSTER"),
+            redis_cluster=cluster,
+            redis_cluster_nodes=cluster_nodes,
             admin_token=env.get("DNI_ADMIN_TOKEN") or None,
             data_dir=env.get("DNI_DATA_DIR") or "./.dni",
             key_prefix=prefix,

@@ -232,8 +232,15 @@ class Sidecar:
                 if copied and await self.redis.execute(
                         "XLEN", self.keys.sessions_stream()) > SAFETY_CAP * self.maxlen:
                     await self.check_retention(self.keys.sessions_stream())
-            except (RedisUnavailable, NotLeader):
+            except NotLeader:
                 raise
+            except RedisUnavailable as exc:
+                # This pool's node or slot (on a Cluster: a node down, a slot in
+                # migration), or Redis as a whole? The leader lease answers: when it
+                # does, the other pools are served, so go on with them.
+                if not await self.lead():  # RedisUnavailable: Redis is gone
+                    raise NotLeader from None
+                self._outage.warn("sidecar: pool %s: %s", pool_id, exc)
             except RedisError as exc:  # Redis refuses (full, read-only...): every pool will
                 self._outage.warn("sidecar: pool %s: %s", pool_id, exc)  # say the same
             except Exception:  # noqa: BLE001 - one pool's failure must not stop the others

@@ -110,6 +110,7 @@ class BrokerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(self.log())
             time.sleep(0.1)
+        self.stop()  # not left running behind the failed test
         raise RuntimeError("dni serve did not become ready")
 
     def stop(self) -> None:

@@ -105,6 +105,7 @@ def test_serve_without_redis_server_says_how_to_install(tmp_path: Path):
     ("DNI_REDIS_CLUSTER", "maybe", "not a boolean"),
     ("DNI_REDIS_URL", "redis://localhost:abc", "DNI_REDIS_URL"),
     ("DNI_REDIS_URL", "redis://localhost/x", "DNI_REDIS_URL"),
+    ("DNI_REDIS_CLUSTER_NODES", "10.0.0.2:7001", "DNI_REDIS_CLUSTER=1"),
 ])
 def test_bad_settings_give_a_one_line_error(name, value, words):
     env = dict(os.environ, **{name: value})
@@ -112,6 +113,24 @@ def test_bad_settings_give_a_one_line_error(name, value, words):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cluster_start_up_nodes_setting():
+    from broker.settings import Settings, SettingsError
+
+    base = {"DNI_REDIS_URL": "redis://:pw@10.0.0.1:7000", "DNI_REDIS_CLUSTER": "1"}
+    got = Settings.from_env({**base, "DNI_REDIS_CLUSTER_NODES": "10.0.0.2:7001, [::1]:7002"})
+    assert got.redis_cluster_nodes == (("10.0.0.2", 7001), ("::1", 7002))
+    assert Settings.from_env(base).redis_cluster_nodes == ()
+    for env, words in [({"DNI_REDIS_CLUSTER_NODES": "10.0.0.2"}, "not host:port"),
+                       ({"DNI_REDIS_CLUSTER_NODES": "10.0.0.2:0"}, "not host:port"),
+                       ({"DNI_REDIS_CLUSTER_NODES": "a:1,,b:2"}, "not host:port"),
+                       ({"DNI_REDIS_CLUSTER_NODES": "a:1", "DNI_REDIS_CLUSTER": "0"},
+                        "DNI_REDIS_CLUSTER=1"),
+                       ({"DNI_REDIS_CLUSTER_NODES": "a:1", "DNI_REDIS_URL": ""},
+                        "needs DNI_REDIS_URL")]:
+        with pytest.raises(SettingsError, match=words):
+            Settings.from_env({**base, **env})
 
 
 def _redis_pids(data_dir: Path) -> list[int]:
