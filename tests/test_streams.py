@@ -305,6 +305,30 @@ def test_an_undecodable_or_failing_pool_does_not_stop_the_sidecar(own_redis):
     assert r.xlen(keys.outbox("a")) == 0 and r.xlen(keys.outbox("c")) == 0
 
 
+def test_a_pass_over_many_pools_copies_each_outbox_in_order(own_redis):
+    """Pools are worked on a few at a time: every pool's entries are copied, each pool's
+    in their order, none twice."""
+    redis_server, r = own_redis  # no other broker's sidecar leads here
+    keys = Keys("dni")
+    pools = [f"p{i:02d}" for i in range(40)]  # more than one group of POOLS_AT_ONCE
+    for pool_id in pools:
+        _started(r, pool_id, 3)
+
+    async def run() -> dict:
+        client, scripts = await _with_pools(redis_server, *pools)
+        done = await Sidecar(client, keys, scripts).cycle()
+        await client.close()
+        return done
+
+    assert asyncio.run(run())["copied"] == 120
+    copied: dict[bytes, list[bytes]] = {}
+    for _, f in r.xrange(keys.sessions_stream()):
+        copied.setdefault(f[b"pool_id"], []).append(f[b"session_id"])
+    assert sorted(copied) == [p.encode() for p in pools]
+    assert all(ids == sorted(ids) and len(set(ids)) == 3 for ids in copied.values())
+    assert all(r.xlen(keys.outbox(p)) == 0 for p in pools)
+
+
 def test_copying_past_the_retention_warns_about_unread_entries(own_redis):
     """The sidecar's own copying overflows the retention: the trim that follows counts
     the entries a consumer group had not read (the copy itself does not trim them away
