@@ -47,9 +47,9 @@
   const lapsed = (at) => at && Date.now() - at > idleMs;
   const hideUntil = Date.now() + Math.min(+opt("hide") || 0, 3000);
   const KEY = "dni";
-  const BEAT = "/v1/dni/heartbeat";
-  const TAGS = ["utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
-    "gclid", "fbclid", "msclkid"];
+  const BEAT = "heartbeat";
+  const TAGS = "utm_source utm_medium utm_campaign utm_term utm_content gclid fbclid msclkid"
+    .split(" ");
   const LINKS = '[href^="tel:" i],[href^="sms:" i]';
   // :read-write: textareas, inputs and contenteditable (what the visitor types stays)
   const SKIP = "[data-dni-noswap],script,style,noscript,:read-write";
@@ -64,22 +64,23 @@
 
   const noop = () => {};
   // Callbacks the page's event loop runs (timers, observers, the API) never throw.
-  const safe = (fn) => function () {
+  const safe = (fn) => (...args) => {
     try {
-      return fn.apply(this, arguments);
+      return fn(...args);
     } catch (e) {}
   };
 
-  // GET (no body) or POST; a string body goes as text/plain: a simple request, no preflight.
+  // GET /v1/dni/<path> (no body) or POST, the body as text/plain: a simple request, no
+  // preflight. Given up after `timeout` ms; an HTTP error rejects with its status.
   const call = (path, body) => {
     const ctl = new AbortController();
-    const timer = setTimeout(() => ctl.abort(), timeout);
-    return fetch(base + path, body ? {method: "POST", body: JSON.stringify(body),
-      keepalive: path == BEAT, signal: ctl.signal} : {signal: ctl.signal}).then((res) => {
-      clearTimeout(timer);
-      if (!res.ok) throw 0;
-      return res.json();
-    });
+    setTimeout(() => ctl.abort(), timeout);
+    return fetch(base + "/v1/dni/" + path, {method: body && "POST",
+      body: body && JSON.stringify(body), keepalive: path == BEAT, signal: ctl.signal})
+      .then((res) => {
+        if (!res.ok) throw res.status;
+        return res.json();
+      });
   };
 
   // ---- visitor and attribution -------------------------------------------------------
@@ -135,14 +136,8 @@
   // so separators, brackets and a country code stay where they were.
   const render = (p, match) => {
     const nat = digits(p.to).slice(p.cc.length);
-    if (nat.length != p.len) return p.to;
-    let i = nat.length;
-    let out = "";
-    for (let j = match.length; j--;) {
-      const c = match[j];
-      out = (i && c >= "0" && c <= "9" ? nat[--i] : c) + out;
-    }
-    return out;
+    let k = nat.length - digits(match).length; // < 0: leading digits that stay (+1, 0)
+    return nat.length != p.len ? p.to : match.replace(/\d/g, (c) => k++ < 0 ? c : nat[k - 1]);
   };
 
   const hide = (p, el) => {
@@ -237,8 +232,8 @@
     if (lapsed(hiddenAt)) return; // a retry in a tab left in the background: not now
     // Counts the requests: only the answer to the latest one is used (after consent the
     // visitor can change while a request for the page view's visitor is on its way).
-    const n = p.asked = (p.asked || 0) + 1;
-    call("/v1/dni/session", {pool_id: p.id, visitor_id: visitor, ...source})
+    const n = p.asked = -~p.asked; // + 1, from undefined too
+    call("session", {pool_id: p.id, visitor_id: visitor, ...source})
       .then((res) => {
         if (n != p.asked) return;
         clearInterval(p.timer);
@@ -285,7 +280,7 @@
 
   const start = safe(() => {
     if (config) return;
-    config = call("/v1/dni/config?pools=" + (opt("pools") || "").replace(/\s/g, ""))
+    config = call("config?pools=" + (opt("pools") || "").replace(/\s/g, ""))
       .then((res) => {
         for (const id in res.pools) {
           const c = res.pools[id];
