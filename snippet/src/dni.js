@@ -59,7 +59,7 @@
   let source; // attribution fields of this visit
   const pools = []; // {id, cc, len, seen: [E.164...], to, re, ours, found, asked, fails,
   //                   hidden, timer, sid}
-  let config; // the promise of the broker's config answer
+  let started; // the config was asked for
   let pendingRun;
 
   const noop = () => {};
@@ -103,7 +103,7 @@
         stored = JSON.parse(localStorage.getItem(KEY)) || {};
       } catch (e) {}
       try {
-        stored.v = stored.v || d.cookie.match(/(?:^|;\s*)dni_vid=([^;]+)/)[1];
+        stored.v = stored.v || d.cookie.match(/(^|; )dni_vid=([^;]+)/)[2];
       } catch (e) {}
     }
     if (!/^[\w.:-]{1,128}$/.test(stored.v)) stored.v = 0;
@@ -246,18 +246,20 @@
         else if (res.status != "excluded") p.timer = setTimeout(safe(() => session(p)), every);
         // new, reused, fallback: the number given; unavailable, excluded: the page's own.
         show(p, /^(new|reused|fallback)$/.test(res.status) && res.number || p.seen[0]);
-      })
-      .catch(() => {
+      }, () => {
         if (n != p.asked) return;
-        // The broker failed or was slow: keep the page's number, and ask again later
-        // (after 5 s, then 5 s longer each time, at most every minute).
+        // The broker failed or was slow: keep the page's number, and ask again later.
         clearInterval(p.timer);
-        p.fails = -~p.fails; // + 1, from undefined too
-        p.timer = setTimeout(safe(() => session(p)), Math.min(5e3 * p.fails, 6e4));
+        later(p, () => session(p));
         show(p, p.seen[0]);
       })
       .catch(noop);
   };
+
+  // Run `fn` again after a failure of `o`'s request: after 5 s, then 5 s longer each time,
+  // at most every minute.
+  const later = (o, fn) =>
+    o.timer = setTimeout(safe(fn), Math.min(5e3 * (o.fails = -~o.fails), 6e4)); // + 1
 
   const beat = safe((p) => {
     if (lapsed(hiddenAt)) return;
@@ -278,60 +280,66 @@
 
   const ask = () => pools.forEach((p) => p.found && !p.asked && session(p));
 
-  const start = safe(() => {
-    if (config) return;
-    config = call("config?pools=" + (opt("pools") || "").replace(/\s/g, ""))
-      .then((res) => {
-        for (const id in res.pools) {
-          const c = res.pools[id];
-          const t = c.target_number;
-          if (!t) continue;
-          const p = {id, cc: "" + (c.country_code || 1), seen: [t], hidden: []};
-          p.len = digits(t).length - p.cc.length;
-          p.re = any(p, [t]);
-          pools.push(p);
-        }
-        run();
-        // Later content: scan only what was added or changed, never the whole page.
-        new MutationObserver(safe((records) => {
-          records.forEach((m) => m.type == "childList" ? m.addedNodes.forEach(scan) : scan(m.target));
-          ask();
-        })).observe(d.documentElement, {childList: true, subtree: true, characterData: true,
-          attributeFilter: ["href"]});
-        if (d.readyState == "loading") d.addEventListener("DOMContentLoaded", run);
-        // Client-side navigation: one rescan per navigation.
-        const nav = () => pendingRun || (pendingRun = setTimeout(run));
-        ["pushState", "replaceState"].forEach((name) => {
-          const orig = history[name];
-          history[name] = function () {
-            const r = orig.apply(this, arguments);
-            nav();
-            return r;
-          };
-        });
-        w.addEventListener("popstate", nav);
-        // Back from the back/forward cache: timers were frozen, check the session now.
-        // (a pool without a session asks again: its retries stopped while lapsed)
-        const check = () => pools.forEach((p) => p.asked && (p.sid ? beat : session)(p));
-        w.addEventListener("pageshow", (e) => e.persisted && check());
-        // Shown again after its beats stopped: check the session (a new one if it lapsed).
-        d.addEventListener("visibilitychange", () => {
-          const at = hiddenAt;
-          hiddenAt = d.hidden && Date.now();
-          lapsed(at) && check();
-        });
-      })
-      .catch(noop);
-  });
+  // Ask for the config of the pools in `ids` (comma-separated); while that fails (the
+  // broker is down or slow), ask again on the session requests' schedule.
+  const load = (ids, o = {}) => call("config?pools=" + ids.replace(/\s/g, ""))
+    .then((res) => {
+      for (const id in res.pools) {
+        const c = res.pools[id];
+        const t = c.target_number;
+        if (!t) continue;
+        const p = {id, cc: "" + (c.country_code || 1), seen: [t], hidden: []};
+        p.len = digits(t).length - p.cc.length;
+        p.re = any(p, [t]);
+        pools.push(p);
+      }
+      run();
+      init();
+    }, () => later(o, () => load(ids, o)))
+    .catch(noop);
+
+  // Once, after the first config answer: watch the page and the tab.
+  let init = () => {
+    init = noop;
+    // Later content: scan only what was added or changed, never the whole page.
+    new MutationObserver(safe((records) => {
+      records.forEach((m) => m.type == "childList" ? m.addedNodes.forEach(scan) : scan(m.target));
+      ask();
+    })).observe(d.documentElement, {childList: true, subtree: true, characterData: true,
+      attributeFilter: ["href"]});
+    if (d.readyState == "loading") d.addEventListener("DOMContentLoaded", run);
+    // Client-side navigation: one rescan per navigation.
+    const nav = () => pendingRun || (pendingRun = setTimeout(run));
+    ["pushState", "replaceState"].forEach((name) => {
+      const orig = history[name];
+      history[name] = function () {
+        const r = orig.apply(this, arguments);
+        nav();
+        return r;
+      };
+    });
+    w.addEventListener("popstate", nav);
+    // Back from the back/forward cache: timers were frozen, check the session now.
+    // (a pool without a session asks again: its retries stopped while lapsed)
+    const check = () => pools.forEach((p) => p.asked && (p.sid ? beat : session)(p));
+    w.addEventListener("pageshow", (e) => e.persisted && check());
+    // Shown again after its beats stopped: check the session (a new one if it lapsed).
+    d.addEventListener("visibilitychange", () => {
+      const at = hiddenAt;
+      hiddenAt = d.hidden && Date.now();
+      lapsed(at) && check();
+    });
+  };
+
+  const start = () => started || (started = load(opt("pools") || ""));
 
   const api = w.dni = {
     consent: safe(() => {
       allowed = 1;
-      if (config) {
-        // The stored visitor may differ from this page view's: ask again (reused if not).
-        ident();
-        pools.forEach((p) => p.asked && session(p));
-      } else start();
+      // The stored visitor may differ from this page view's: ask again (reused if not).
+      ident();
+      pools.forEach((p) => p.asked && session(p));
+      start();
     }),
     // Consent withdrawn: forget the stored visitor and store nothing more on this page.
     revoke: safe(() => {
@@ -339,7 +347,7 @@
       d.cookie = "dni_vid=;path=/;max-age=0";
       localStorage.removeItem(KEY);
     }),
-    swap: () => config && run(),
+    swap: () => started && run(),
     // the queue's own method, for calls made after the snippet loaded
     push: (name) => api[name] && api[name](),
   };
@@ -347,5 +355,5 @@
   // Anti-flicker cap: whatever is still hidden then is shown as it is.
   setTimeout(safe(() => pools.forEach(unhide)), hideUntil - Date.now());
   if (mode != "wait") start();
-  if (queued && queued.forEach) queued.forEach((name) => api[name] && api[name]());
+  if (queued && queued.forEach) queued.forEach(api.push);
 })();

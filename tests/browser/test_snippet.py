@@ -6,6 +6,7 @@ the test's own web server; a test fails if any page raised an uncaught error.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Callable, Iterator
 
@@ -662,3 +663,33 @@ def test_a_throwing_cookie_setter_does_not_stop_storage(broker: BrokerProcess, p
     expect(page.locator("#n")).to_have_text("555-010-0007")
     bodies = visitor.posts("/v1/dni/session", 2)
     assert len({b["visitor_id"] for b in bodies}) == 1, bodies
+
+
+def test_a_failed_or_slow_config_request_is_asked_again(
+        broker: BrokerProcess, make_pool: Callable[..., dict], fresh_site: Site,
+        new_visitor: Callable[[], Browser]) -> None:
+    """The first GET /v1/dni/config fails (a network error) or hangs past data-timeout: the
+    snippet asks again (after 5 s, as for sessions), and the visitor gets a tracking number
+    in the same page view."""
+    pool = make_pool(target_number=TARGET, numbers=["+15550100007", "+15550100008"])
+    url = fresh_site.page("/config-retry", '<p id="n">555-010-0000</p>',
+                          tag(js(broker), pool["id"], timeout="800"))
+    pages = []
+    for first in ("abort", "hang"):
+        asked: list[str] = []
+
+        def config(route: object, first: str = first, asked: list[str] = asked) -> None:
+            asked.append(route.request.url)  # type: ignore[attr-defined]
+            if len(asked) > 1:
+                route.continue_()  # type: ignore[attr-defined]
+            elif first == "abort":
+                route.abort()  # type: ignore[attr-defined]
+            # "hang": never answered; the snippet gives up after data-timeout
+
+        page = new_visitor().new_page()
+        page.route("**/v1/dni/config*", config)
+        page.goto(url)
+        pages.append((page, asked))
+    for page, asked in pages:
+        expect(page.locator("#n")).to_have_text(re.compile(r"555-010-000[78]"), timeout=9000)
+        assert len(asked) == 2
