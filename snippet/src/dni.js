@@ -46,13 +46,9 @@
   // Hidden since `at` for longer than data-idle: beats stop (a tab left in the background).
   const lapsed = (at) => at && Date.now() - at > idleMs;
   const hideUntil = Date.now() + Math.min(+opt("hide") || 0, 3000);
-  const KEY = "dni";
   const BEAT = "heartbeat";
   const TAGS = "utm_source utm_medium utm_campaign utm_term utm_content gclid fbclid msclkid"
     .split(" ");
-  const LINKS = '[href^="tel:" i],[href^="sms:" i]';
-  // :read-write: textareas, inputs and contenteditable (what the visitor types stays)
-  const SKIP = "[data-dni-noswap],script,style,noscript,:read-write";
 
   let allowed = !mode; // may the snippet read and write storage?
   let visitor; // visitor id
@@ -85,7 +81,7 @@
 
   // ---- visitor and attribution -------------------------------------------------------
   // At most n characters, never half of one (a lone surrogate is not valid JSON text).
-  const cut = (v, n) => Array.from(v).slice(0, n).join("");
+  const cut = (v, n) => [...v].slice(0, n).join("");
 
   const ident = () => {
     let stored = {};
@@ -100,14 +96,13 @@
     });
     if (allowed) {
       try { // storage and cookies may be off, or throw (sandboxed frames)
-        stored = JSON.parse(localStorage.getItem(KEY)) || {};
+        stored = JSON.parse(localStorage.dni) || {};
       } catch (e) {}
       try {
         stored.v = stored.v || d.cookie.match(/(^|; )dni_vid=([^;]+)/)[2];
       } catch (e) {}
     }
-    if (!/^[\w.:-]{1,128}$/.test(stored.v)) stored.v = 0;
-    visitor = stored.v || visitor ||
+    visitor = /^[\w.:-]{1,128}$/.test(stored.v) && stored.v || visitor ||
       now.toString(36) + "." + crypto.getRandomValues(new Uint32Array(2)).join("");
     // A visit's source holds for the session (30 min of inactivity) unless the visitor
     // comes back through a tagged link.
@@ -118,7 +113,7 @@
           (location.protocol == "https:" ? ";secure" : "");
       } catch (e) {}
       try {
-        localStorage.setItem(KEY, JSON.stringify({v: visitor, a: source, t: now}));
+        localStorage.dni = JSON.stringify({v: visitor, a: source, t: now});
       } catch (e) {}
     }
   };
@@ -168,7 +163,8 @@
     pools.forEach((p) => {
       [p.re, ours && p.ours].forEach((re) => {
         if (re) value = value.replace(re, (m, before, num) => {
-          if (!el || el.closest(SKIP)) return m;
+          // :read-write: textareas, inputs, contenteditable (what the visitor types stays)
+          if (!el || el.closest("[data-dni-noswap],script,style,noscript,:read-write")) return m;
           if (p.to) return before + render(p, num);
           p.found = 1; // the target is on the page: a session is worth asking for
           hide(p, el);
@@ -199,6 +195,7 @@
     if (r != v) a.setAttribute("href", r), mine.add(a);
   };
 
+  const LINKS = '[href^="tel:" i],[href^="sms:" i]';
   // Scan one subtree (a text node, an element, or the whole document).
   const scan = (root) => {
     if (root.nodeType == 3) text(root);
@@ -219,7 +216,7 @@
   // Show `number` (E.164) wherever the pool's target is, and where the snippet showed an
   // earlier number of this pool.
   const show = (p, number) => {
-    if (p.seen.indexOf(number) < 0) p.seen.push(number);
+    p.seen.includes(number) || p.seen.push(number);
     p.to = number;
     const other = (n) => n != number;
     p.re = any(p, [p.seen[0]].filter(other));
@@ -345,7 +342,7 @@
     revoke: safe(() => {
       allowed = 0;
       d.cookie = "dni_vid=;path=/;max-age=0";
-      localStorage.removeItem(KEY);
+      delete localStorage.dni;
     }),
     swap: () => started && run(),
     // the queue's own method, for calls made after the snippet loaded
