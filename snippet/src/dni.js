@@ -40,9 +40,10 @@
   const beatS = +opt("heartbeat");
   const idleMs = (opt("idle") || 30) * 6e4 || 1 / 0; // data-idle="0": never
   let hiddenAt = d.hidden && Date.now(); // when the tab was last hidden (falsy: shown)
-  // The address the visitor landed on, before the site's own script cleans it up
-  // (history.replaceState without the utm_* tags) while the config is on its way.
-  const href = location.href;
+  // The address the visitor landed on, from the navigation entry: the site's own script
+  // may have cleaned it up (history.replaceState without the utm_* tags) before this one
+  // ran, or while the config was on its way.
+  const href = (performance.getEntriesByType("navigation")[0] || {}).name || location.href;
   // Hidden since `at` for longer than data-idle: beats stop (a tab left in the background).
   const lapsed = (at) => at && Date.now() - at > idleMs;
   const hideUntil = Date.now() + Math.min(+opt("hide") || 0, 3000);

@@ -38,6 +38,7 @@ class Site:
       reset      closes the connection without answering
       garbage    200 with a body that is not JSON
       status:X   200 with {"status": X, "number": self.number or null, ...}
+    and `latejs`: the snippet itself arrives after 0.5 s (the page has run its own scripts).
     """
 
     def __init__(self) -> None:
@@ -92,6 +93,8 @@ class Site:
             return h._send(404, b"not found", "text/plain")
         mode, rest = parts[2], parts[3]
         if rest == "snippet.js":
+            if mode == "latejs":
+                time.sleep(0.5)
             return h._send(200, BUILT.read_bytes(), "text/javascript")
         if rest == "v1/dni/config":
             if mode == "slowconfig":

@@ -616,6 +616,29 @@ def test_tags_are_read_before_the_site_cleans_its_address(fresh_site: Site,
     assert body["landing_page"].endswith("/clean?utm_source=google&gclid=abc")
 
 
+STRIP = "history.replaceState(null, '', location.pathname)"
+
+
+@pytest.mark.parametrize("script", [
+    f"<script>{STRIP}</script>",  # inline, at the end of the body
+    f"<script type='module'>{STRIP}</script>",  # deferred
+    f"<script>addEventListener('DOMContentLoaded', () => {STRIP})</script>",
+], ids=["inline", "module", "domcontentloaded"])
+def test_tags_are_read_when_the_site_cleaned_its_address_before_the_snippet_ran(
+        script: str, fresh_site: Site, visitor: Browser) -> None:
+    """The site strips utm_* and gclid from its address before the async snippet has even
+    run: the snippet reads the address the visitor landed on from the navigation entry."""
+    fresh_site.config = {"pools": {"p1": {"target_number": TARGET, "heartbeat_s": 60}}}
+    page = visitor.new_page()
+    url = fresh_site.page("/strip", '<p id="n">555-010-0000</p>' + script,
+                          tag(fresh_site.url + "/fake/latejs/snippet.js", "p1"))
+    page.goto(url + "?utm_source=google&gclid=abc")
+    assert page.evaluate("location.search") == ""  # cleaned before the snippet came
+    (body, *_) = visitor.posts("/v1/dni/session", 1)
+    assert (body.get("utm_source"), body.get("gclid")) == ("google", "abc")
+    assert body["landing_page"].endswith("/strip?utm_source=google&gclid=abc")
+
+
 def test_a_full_pool_is_asked_again_when_a_lapsed_tab_is_shown(
         broker: BrokerProcess, make_pool: Callable[..., dict], fresh_site: Site,
         visitor: Browser) -> None:
