@@ -57,7 +57,6 @@
   const pools = []; // {id, cc, len, seen: [E.164...], to, re, ours, found, asked, fails,
   //                   hidden, timer, sid}
   let started; // the config was asked for
-  let pendingRun;
 
   const noop = () => {};
   // Callbacks the page's event loop runs (timers, observers, the API) never throw.
@@ -270,7 +269,6 @@
 
   // Scan the page and ask for a session in each pool whose target has shown up.
   const run = safe(() => {
-    pendingRun = 0;
     ident();
     scan(d);
     ask();
@@ -306,17 +304,10 @@
     })).observe(d.documentElement, {childList: true, subtree: true, characterData: true,
       attributeFilter: ["href"]});
     if (d.readyState == "loading") d.addEventListener("DOMContentLoaded", run);
-    // Client-side navigation: one rescan per navigation.
-    const nav = () => pendingRun || (pendingRun = setTimeout(run));
-    ["pushState", "replaceState"].forEach((name) => {
-      const orig = history[name];
-      history[name] = function () {
-        const r = orig.apply(this, arguments);
-        nav();
-        return r;
-      };
-    });
-    w.addEventListener("popstate", nav);
+    // No hook on history.pushState, replaceState or popstate: a single-page app's new
+    // content is the observer's, and what a session request carries is the landing
+    // address (fixed for the page view), so a navigation has nothing to rescan. (Some
+    // sites call replaceState on every scroll step: a rescan each time would jank them.)
     // Back from the back/forward cache: timers were frozen, check the session now.
     // (a pool without a session asks again: its retries stopped while lapsed)
     const check = () => pools.forEach((p) => p.asked && (p.sid ? beat : session)(p));

@@ -716,3 +716,42 @@ def test_a_failed_or_slow_config_request_is_asked_again(
     for page, asked in pages:
         expect(page.locator("#n")).to_have_text(re.compile(r"555-010-000[78]"), timeout=9000)
         assert len(asked) == 2
+
+
+def test_history_calls_cost_no_rescan(broker: BrokerProcess, pool: dict, fresh_site: Site,
+                                      visitor: Browser) -> None:
+    """A page that calls history.replaceState on every animation frame (a scroll spy, a
+    filter UI) or pushes routes pays nothing for it: no walk of the whole document, no
+    storage write. Content that changes meanwhile is still swapped (the observer's)."""
+    spy = """
+      window.__walks = 0; window.__writes = 0;
+      const walker = Document.prototype.createTreeWalker;
+      Document.prototype.createTreeWalker = function (root, ...rest) {
+        if (root === document) window.__walks++;
+        return walker.call(this, root, ...rest);
+      };
+      const cookie = Object.getOwnPropertyDescriptor(Document.prototype, "cookie");
+      Object.defineProperty(Document.prototype, "cookie", {get() { return cookie.get.call(this); },
+        set(v) { if (v.startsWith("dni_")) window.__writes++; cookie.set.call(this, v); }});
+    """
+    page = visitor.new_page()
+    page.add_init_script(spy)
+    page.goto(fresh_site.page("/history", '<p id="n">555-010-0000</p><div id="more"></div>',
+                              tag(js(broker), pool["id"])))
+    expect(page.locator("#n")).to_have_text("555-010-0007")
+    page.wait_for_timeout(100)
+    before = page.evaluate("[window.__walks, window.__writes]")
+    assert before[1] >= 1
+    page.evaluate("""() => new Promise((done) => {
+      let frame = 0;
+      const step = () => {
+        frame++;
+        history.replaceState(null, "", "?section=" + frame);
+        if (frame % 10 == 0) history.pushState(null, "", "/history/" + frame);
+        if (frame == 30) document.getElementById("more").textContent = "Sales 555.010.0000";
+        if (frame < 60) requestAnimationFrame(step); else setTimeout(done, 200);
+      };
+      requestAnimationFrame(step);
+    })""")
+    expect(page.locator("#more")).to_have_text("Sales 555.010.0007")
+    assert page.evaluate("[window.__walks, window.__writes]") == before
