@@ -54,7 +54,7 @@
   let allowed = !mode; // may the snippet read and write storage?
   let visitor; // visitor id
   let source; // attribution fields of this visit
-  const pools = []; // {id, cc, len, seen: [E.164...], to, re, ours, found, asked, fails,
+  let pools = []; // {id, cc, len, seen: [E.164...], to, re, ours, found, asked, fails,
   //                   hidden, timer, sid}
   let started; // the config was asked for
 
@@ -243,14 +243,17 @@
         else if (res.status != "excluded") p.timer = setTimeout(safe(() => session(p)), every);
         // new, reused, fallback: the number given; unavailable, excluded: the page's own.
         show(p, /^(new|reused|fallback)$/.test(res.status) && res.number || p.seen[0]);
-      }, () => {
-        if (n != p.asked) return;
-        // The broker failed or was slow: keep the page's number, and ask again later.
-        clearInterval(p.timer);
-        later(p, () => session(p));
-        show(p, p.seen[0]);
-      })
+      }, (e) => n == p.asked && fail(p, e))
       .catch(noop);
+  };
+
+  // The broker failed or was slow: show the page's number, and ask again later. A pool it
+  // does not know (404: deleted since the config was read) is dropped for the page view.
+  const fail = (p, e) => {
+    clearInterval(p.timer);
+    show(p, p.seen[0]);
+    if (e == 404) pools = pools.filter((q) => q != p);
+    else later(p, () => session(p));
   };
 
   // Run `fn` again after a failure of `o`'s request: after 5 s, then 5 s longer each time,
@@ -261,9 +264,7 @@
   const beat = safe((p) => {
     if (lapsed(hiddenAt)) return;
     call(BEAT, {pool_id: p.id, visitor_id: visitor, session_id: p.sid})
-      .then((res) => {
-        if (res.status == "expired") session(p);
-      })
+      .then((res) => res.status == "expired" && session(p), (e) => e == 404 && fail(p, e))
       .catch(noop);
   });
 

@@ -755,3 +755,39 @@ def test_history_calls_cost_no_rescan(broker: BrokerProcess, pool: dict, fresh_s
     })""")
     expect(page.locator("#more")).to_have_text("Sales 555.010.0007")
     assert page.evaluate("[window.__walks, window.__writes]") == before
+
+
+def test_a_pool_the_broker_does_not_know_gives_the_page_its_number_back(
+        broker: BrokerProcess, pool: dict, fresh_site: Site,
+        new_visitor: Callable[[], Browser], admin: httpx.Client) -> None:
+    """The pool is deleted while a page is open: the next heartbeat gets 404
+    pool_not_found, so the snippet stops beating and shows the page's own number again.
+    A config naming a pool the broker no longer knows (a cached answer): the session's 404
+    is not asked again."""
+    stale = new_visitor()
+    stale_page = stale.new_page()
+    stale_page.route("**/v1/dni/config*", lambda route: route.fulfill(
+        json={"pools": {"gone": {"target_number": TARGET, "country_code": 1}}},
+        headers={"access-control-allow-origin": "*"}))
+    stale_page.goto(fresh_site.page("/stale", '<p id="n">555-010-0000</p>',
+                                    tag(js(broker), "gone")))
+    asked_at = time.monotonic()
+
+    b = new_visitor()
+    page = b.new_page()
+    page.goto(fresh_site.page("/deleted", '<p id="n">555-010-0000</p>'
+                              '<a id="a" href="tel:+15550100000">call</a>',
+                              tag(js(broker), pool["id"], heartbeat="1")))
+    expect(page.locator("#n")).to_have_text("555-010-0007")
+    expect(page.locator("#a")).to_have_attribute("href", "tel:+15550100007")
+    admin.delete(f"/v1/pools/{pool['id']}").raise_for_status()
+    expect(page.locator("#n")).to_have_text("555-010-0000", timeout=4000)
+    expect(page.locator("#a")).to_have_attribute("href", "tel:+15550100000")
+    beats = len(b.posts("/v1/dni/heartbeat"))
+    page.wait_for_timeout(2500)
+    assert len(b.posts("/v1/dni/heartbeat")) == beats  # no more beats
+    assert len(b.posts("/v1/dni/session")) == 1  # nor a new session
+
+    stale_page.wait_for_timeout(max(0, 6000 - 1000 * (time.monotonic() - asked_at)))
+    assert len(stale.posts("/v1/dni/session")) == 1  # past the first retry (5 s)
+    assert stale_page.locator("#n").inner_text() == "555-010-0000"
