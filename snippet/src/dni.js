@@ -21,7 +21,8 @@
  * API: window.dni.consent() (store the visitor from now on), window.dni.revoke() (consent
  * withdrawn: delete what was stored, store nothing more on this page), window.dni.swap()
  * (rescan the page, e.g. after a single-page app rendered without a DOM the snippet could
- * observe).
+ * observe), window.dni.add("POOL_ID,POOL_ID") (more pools: a second tag on the page calls
+ * it with its own, and its other options are ignored).
  * Before the snippet loads, a site may queue calls: (window.dni = window.dni || []).push("consent").
  *
  * Everything fails open: every failure leaves the page's own number and throws nothing.
@@ -31,9 +32,10 @@
   const w = window;
   const me = d.currentScript || d.querySelector("script[data-pools]");
   const queued = w.dni;
-  if (!me || (queued && queued.swap)) return; // no tag, or loaded twice
-
   const opt = (name) => me.getAttribute("data-" + name);
+  if (!me) return;
+  // A second tag (a theme's and a tag manager's, say): its pools join the running snippet.
+  if (queued && queued.swap) return queued.add && queued.add(opt("pools"));
   const base = me.src.replace(/\/snippet[^/]*$/, "");
   const mode = opt("consent"); // null | "page" | "wait"
   const timeout = +opt("timeout") || 1500;
@@ -284,7 +286,7 @@
       for (const id in res.pools) {
         const c = res.pools[id];
         const t = c.target_number;
-        if (!t) continue;
+        if (!t || pools.some((q) => q.id == id)) continue; // no target, or already here
         const p = {id, cc: "" + (c.country_code || 1), seen: [t], hidden: []};
         p.len = digits(t).length - p.cc.length;
         p.re = any(p, [t]);
@@ -321,7 +323,8 @@
     });
   };
 
-  const start = () => started || (started = load(opt("pools") || ""));
+  let ids = opt("pools") || ""; // the pools to load once started
+  const start = () => started || (started = load(ids));
 
   const api = w.dni = {
     consent: safe(() => {
@@ -338,6 +341,8 @@
       delete localStorage.dni;
     }),
     swap: () => started && run(),
+    // A second tag's pools: loaded now, or with the others once started.
+    add: safe((more) => started ? load(more) : ids += "," + more),
     // the queue's own method, for calls made after the snippet loaded
     push: (name) => api[name] && api[name](),
   };

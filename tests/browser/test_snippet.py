@@ -791,3 +791,38 @@ def test_a_pool_the_broker_does_not_know_gives_the_page_its_number_back(
     stale_page.wait_for_timeout(max(0, 6000 - 1000 * (time.monotonic() - asked_at)))
     assert len(stale.posts("/v1/dni/session")) == 1  # past the first retry (5 s)
     assert stale_page.locator("#n").inner_text() == "555-010-0000"
+
+
+@pytest.mark.parametrize("when", ["static", "late", "before consent"])
+def test_a_second_tag_hands_its_pools_to_the_running_snippet(
+        when: str, broker: BrokerProcess, make_pool: Callable[..., dict], fresh_site: Site,
+        visitor: Browser) -> None:
+    """Two tags on one page (a theme's for one pool; a tag manager's for another pool and
+    the first again, in the head too or added after load): the second tag's pools join
+    the running snippet, and a pool named twice still gets one session. Under the first
+    tag's data-consent="wait", the late tag's pools wait for consent with the others."""
+    sales = make_pool(target_number=TARGET, numbers=["+15550100007"])
+    support = make_pool(target_number="+15550200000", numbers=["+15550200005"])
+    second = f"{support['id']},{sales['id']}"
+    wait = {"consent": "wait"} if when == "before consent" else {}
+    head = tag(js(broker), sales["id"], **wait)
+    body = '<p id="a">Sales 555-010-0000</p><p id="b">Support 555-020-0000</p>'
+    if when == "static":
+        head += tag(js(broker), second)
+    else:
+        body += ("<script>addEventListener('load', () => setTimeout(() => {"
+                 "const s = document.createElement('script');"
+                 f"s.src = '{js(broker)}'; s.dataset.pools = '{second}';"
+                 "document.body.append(s); }, 300))</script>")
+    page = visitor.new_page()
+    page.goto(fresh_site.page(f"/two-tags-{when.replace(' ', '-')}", body, head))
+    if when == "before consent":
+        page.wait_for_function("document.querySelectorAll('script[data-pools]').length == 2")
+        page.wait_for_timeout(500)
+        assert [u for _, u, _ in visitor.requests if u.startswith(broker.url + "/v1/")] == []
+        page.evaluate("window.dni.consent()")
+    expect(page.locator("#a")).to_have_text("Sales 555-010-0007")
+    expect(page.locator("#b")).to_have_text("Support 555-020-0005")
+    page.wait_for_timeout(300)
+    asked = sorted(b["pool_id"] for b in visitor.posts("/v1/dni/session", 2))
+    assert asked == sorted([sales["id"], support["id"]])
