@@ -197,16 +197,16 @@
     if (r != v) a.setAttribute("href", r), mine.add(a);
   };
 
-  const LINKS = '[href^="tel:" i],[href^="sms:" i]';
-  // Scan one subtree (a text node, an element, or the whole document).
+  // Scan one subtree (a text node, an element, a shadow root or the whole document), and
+  // the open shadow roots in it, which are watched from then on.
   const scan = (root) => {
-    if (root.nodeType == 3) text(root);
-    else if (root.querySelectorAll) {
-      const walker = d.createTreeWalker(root, 4);
-      let n;
-      while ((n = walker.nextNode())) text(n);
-      if (root.matches && root.matches(LINKS)) link(root);
-      root.querySelectorAll(LINKS).forEach(link);
+    const walker = d.createTreeWalker(root, 5); // elements and text
+    for (let n = root; n; n = walker.nextNode()) {
+      if (n.nodeType == 3) text(n);
+      else {
+        if (n.matches && n.matches('[href^="tel:" i],[href^="sms:" i]')) link(n);
+        if (n.shadowRoot) observer.observe(n.shadowRoot, WATCH), scan(n.shadowRoot);
+      }
     }
   };
 
@@ -297,15 +297,17 @@
     }, () => later(o, () => load(ids, o)))
     .catch(noop);
 
+  // Later content: scan only what was added or changed, never the whole page.
+  const observer = new MutationObserver(safe((records) => {
+    records.forEach((m) => m.type == "childList" ? m.addedNodes.forEach(scan) : scan(m.target));
+    ask();
+  }));
+  const WATCH = {childList: true, subtree: true, characterData: true, attributeFilter: ["href"]};
+
   // Once, after the first config answer: watch the page and the tab.
   let init = () => {
     init = noop;
-    // Later content: scan only what was added or changed, never the whole page.
-    new MutationObserver(safe((records) => {
-      records.forEach((m) => m.type == "childList" ? m.addedNodes.forEach(scan) : scan(m.target));
-      ask();
-    })).observe(d.documentElement, {childList: true, subtree: true, characterData: true,
-      attributeFilter: ["href"]});
+    observer.observe(d.documentElement, WATCH);
     if (d.readyState == "loading") d.addEventListener("DOMContentLoaded", run);
     // No hook on history.pushState, replaceState or popstate: a single-page app's new
     // content is the observer's, and what a session request carries is the landing

@@ -826,3 +826,36 @@ def test_a_second_tag_hands_its_pools_to_the_running_snippet(
     page.wait_for_timeout(300)
     asked = sorted(b["pool_id"] for b in visitor.posts("/v1/dni/session", 2))
     assert asked == sorted([sales["id"], support["id"]])
+
+
+def test_numbers_in_open_shadow_roots_are_swapped(broker: BrokerProcess, pool: dict,
+                                                  fresh_site: Site, visitor: Browser) -> None:
+    """A web component (a site header, say) renders into an open shadow root: its numbers
+    and links are swapped, and so is what it renders there later, and in a shadow root
+    added later, nested in another."""
+    body = """<p id="n">555-010-0000</p><site-header id="h"></site-header>
+      <script>
+        customElements.define("site-header", class extends HTMLElement {
+          constructor() {
+            super();
+            this.attachShadow({mode: "open"}).innerHTML =
+              '<a id="l" href="tel:+15550100000">Call (555) 010-0000</a><p id="later"></p>';
+          }
+        });
+      </script>"""
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/shadow", body, tag(js(broker), pool["id"])))
+    expect(page.locator("#n")).to_have_text("555-010-0007")
+    expect(page.locator("#l")).to_have_text("Call (555) 010-0007")  # locators pierce open roots
+    expect(page.locator("#l")).to_have_attribute("href", "tel:+15550100007")
+    page.evaluate("""() => {
+      document.getElementById("h").shadowRoot.getElementById("later").textContent =
+        "Sales 555.010.0000";
+      const outer = document.createElement("div");
+      const inner = document.createElement("div");
+      inner.attachShadow({mode: "open"}).innerHTML = '<span id="nested">+1 555 010 0000</span>';
+      outer.attachShadow({mode: "open"}).append(inner);
+      document.body.append(outer);
+    }""")
+    expect(page.locator("#later")).to_have_text("Sales 555.010.0007")
+    expect(page.locator("#nested")).to_have_text("+1 555 010 0007")
