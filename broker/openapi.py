@@ -16,8 +16,8 @@ Where each schema comes from:
   (additionalProperties: false) and name their required fields, so a field that a handler
   adds, renames or drops fails that test until the Struct here follows.
 - The snippet and the demo page are plain strings, and /openapi.json an object naming its
-  top-level keys; headers (CORS, ETag, Cache-Control) and the 304s of the cacheable
-  routes come from the `Op` table, Cache-Control values from snippet.py.
+  top-level keys; headers (CORS, ETag, Cache-Control, the scripts' CORP) and the 304s of
+  the cacheable routes come from the `Op` table, Cache-Control values from snippet.py.
 """
 
 from __future__ import annotations
@@ -424,6 +424,11 @@ HEADERS = {name: {"description": f"always {CORS_HEADERS[name.lower()]!r}",
            for name in _PREFLIGHT}
 HEADERS["ETag"] = {"description": "The body's entity tag: send it back as If-None-Match",
                    "schema": {"type": "string", "pattern": '^"[0-9a-f]{16}"$'}}
+HEADERS["Cross-Origin-Resource-Policy"] = {
+    "description": "always 'cross-origin': a page with Cross-Origin-Embedder-Policy: "
+                   "require-corp may load the script with the plain tag (no crossorigin)",
+    "schema": {"type": "string", "const": "cross-origin"}}
+_SCRIPT = ("Access-Control-Allow-Origin", "Cross-Origin-Resource-Policy")
 
 
 OPERATIONS = [
@@ -439,10 +444,10 @@ OPERATIONS = [
     Op("get", "/healthz", "200 while the process is up", Health, headers=_ACAO),
     Op("get", "/readyz", "200 when Redis answers and the scripts are loaded, else 503",
        Ready, headers=_ACAO),
-    Op("get", "/snippet.js", "The tracking snippet", _TEXT, media=_JS, headers=_ACAO,
+    Op("get", "/snippet.js", "The tracking snippet", _TEXT, media=_JS, headers=_SCRIPT,
        cache=SCRIPT_CACHE),
     Op("get", "/snippet.{hash8}.js", "The snippet pinned to one build (cached for a year; "
-       "use with its SRI hash)", _TEXT, media=_JS, headers=_ACAO, cache=PINNED_CACHE),
+       "use with its SRI hash)", _TEXT, media=_JS, headers=_SCRIPT, cache=PINNED_CACHE),
     Op("get", "/v1/dni/config", "Target numbers of pools, for the snippet", DniConfig,
        query=("pools",), headers=_ACAO, cache=CONFIG_CACHE),
     Op("get", "/v1/dni/snippet", "The pinned snippet URL and its SRI hash", SnippetInfo,

@@ -1,7 +1,9 @@
 """The tracking snippet's routes: the script itself, its pinned URL, per-pool config, /demo.
 
 - `GET /snippet.js`: the built snippet (`snippet/dni.min.js`), with an `ETag` and a short
-  `Cache-Control`, so a site's visitors revalidate within minutes of an upgrade.
+  `Cache-Control`, so a site's visitors revalidate within minutes of an upgrade, and
+  `Cross-Origin-Resource-Policy: cross-origin`: the plain tag is a no-cors request, which
+  a page with `Cross-Origin-Embedder-Policy: require-corp` allows only with that header.
 - `GET /snippet.<hash8>.js`: the same bytes under a URL that names them, cached for a year
   (`immutable`); any other hash is a 404.
 - `GET /v1/dni/snippet`: that URL and its Subresource Integrity hash, for sites that pin it.
@@ -41,7 +43,9 @@ CONFIG_MAX_AGE = 300
 SCRIPT_CACHE = f"public, max-age={SCRIPT_MAX_AGE}"
 PINNED_CACHE = "public, max-age=31536000, immutable"
 CONFIG_CACHE = f"public, max-age={CONFIG_MAX_AGE}"
-_CORS = {"access-control-allow-origin": "*"}
+# Any origin may read the script (SRI with crossorigin) and embed it (under COEP).
+_SCRIPT_HEADERS = {"access-control-allow-origin": "*",
+                   "cross-origin-resource-policy": "cross-origin"}
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ def _etag_matches(request: Request, etag: str) -> bool:
 
 def _cached(request: Request, body: bytes, etag: str, cache_control: str,
             media_type: str) -> Response:
-    headers = {"etag": etag, "cache-control": cache_control, **_CORS}
+    headers = {"etag": etag, "cache-control": cache_control, **_SCRIPT_HEADERS}
     if _etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
     return Response(body, headers=headers, media_type=media_type)

@@ -24,6 +24,9 @@ def test_snippet_js_is_cacheable(http: httpx.Client) -> None:
     assert again.status_code == 304 and again.content == b""
     assert again.headers["etag"] == etag
     assert http.get("/snippet.js", headers={"If-None-Match": '"other"'}).status_code == 200
+    # Pages with Cross-Origin-Embedder-Policy: require-corp load the plain tag only so.
+    assert res.headers["cross-origin-resource-policy"] == "cross-origin"
+    assert again.headers["cross-origin-resource-policy"] == "cross-origin"
 
 
 def test_pinned_url_and_integrity(http: httpx.Client) -> None:
@@ -36,6 +39,7 @@ def test_pinned_url_and_integrity(http: httpx.Client) -> None:
     assert "immutable" in res.headers["cache-control"]
     assert res.headers["access-control-allow-origin"] == "*"  # needed for SRI cross-origin
     assert info["integrity"] in info["tag"] and 'crossorigin="anonymous"' in info["tag"]
+    assert res.headers["cross-origin-resource-policy"] == "cross-origin"
     wrong = http.get("/snippet.00000000.js")
     assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "not_found"
 

@@ -43,6 +43,7 @@ class Site:
 
     def __init__(self) -> None:
         self.pages: dict[str, str] = {}
+        self.headers: dict[str, dict[str, str]] = {}  # a page's own extra headers
         self.config: dict = {"pools": {}}
         self.number: str | None = None
         self.requests: list[tuple[str, str, bytes]] = []
@@ -56,9 +57,12 @@ class Site:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def _send(self, status: int, body: bytes, ctype: str) -> None:
+            def _send(self, status: int, body: bytes, ctype: str,
+                      headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
                 self.send_header("content-type", ctype)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("content-length", str(len(body)))
                 self.send_header("access-control-allow-origin", "*")
                 self.send_header("cache-control", "no-store")
@@ -77,17 +81,20 @@ class Site:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def page(self, path: str, body: str, head: str = "") -> str:
-        """Register an HTML page at `path` and return its URL."""
+    def page(self, path: str, body: str, head: str = "",
+             headers: dict[str, str] | None = None) -> str:
+        """Register an HTML page at `path` (sent with `headers` too) and return its URL."""
         self.pages[path] = (f"<!doctype html><html><head><meta charset='utf-8'>{head}</head>"
                             f"<body>{body}</body></html>")
+        self.headers[path] = headers or {}
         return self.url + path
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str, body: bytes) -> None:
         url = urlsplit(h.path)
         self.requests.append((method, h.path, body))
         if url.path in self.pages:
-            return h._send(200, self.pages[url.path].encode(), "text/html; charset=utf-8")
+            return h._send(200, self.pages[url.path].encode(), "text/html; charset=utf-8",
+                           self.headers[url.path])
         parts = url.path.split("/", 3)  # "", "fake", mode, rest
         if len(parts) < 4 or parts[1] != "fake":
             return h._send(404, b"not found", "text/plain")
@@ -151,6 +158,7 @@ def site() -> Iterator[Site]:
 @pytest.fixture
 def fresh_site(site: Site) -> Site:
     site.pages.clear()
+    site.headers.clear()
     site.requests.clear()
     site.config = {"pools": {}}
     site.number = None

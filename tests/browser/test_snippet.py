@@ -859,3 +859,15 @@ def test_numbers_in_open_shadow_roots_are_swapped(broker: BrokerProcess, pool: d
     }""")
     expect(page.locator("#later")).to_have_text("Sales 555.010.0007")
     expect(page.locator("#nested")).to_have_text("+1 555 010 0007")
+
+
+def test_a_page_with_coep_require_corp_loads_the_plain_tag(broker: BrokerProcess, pool: dict,
+                                                         fresh_site: Site,
+                                                         visitor: Browser) -> None:
+    """A cross-origin isolated page (Cross-Origin-Embedder-Policy: require-corp) loads the
+    one-line tag, without `crossorigin`: the script is served with
+    Cross-Origin-Resource-Policy: cross-origin (the broker's API answers with CORS)."""
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/coep", '<p id="n">555-010-0000</p>', tag(js(broker), pool["id"]),
+                              headers={"cross-origin-embedder-policy": "require-corp"}))
+    expect(page.locator("#n")).to_have_text("555-010-0007")
