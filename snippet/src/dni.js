@@ -112,7 +112,7 @@
     if (allowed) {
       try { // each on its own: one may throw (a consent tool's cookie guard) and not the other
         d.cookie = "dni_vid=" + visitor + ";path=/;max-age=34560000;samesite=lax" +
-          (location.protocol == "https:" ? ";secure" : "");
+          (/^https:/.test(href) ? ";secure" : "");
       } catch (e) {}
       try {
         localStorage.dni = JSON.stringify({v: visitor, a: source, t: now});
@@ -294,7 +294,7 @@
       }
       run();
       init();
-    }, () => later(o, () => load(ids, o)))
+    }, (e) => !(e < 500) && later(o, () => load(ids, o))) // a 4xx is final
     .catch(noop);
 
   // Later content: scan only what was added or changed, never the whole page.

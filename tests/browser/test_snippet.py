@@ -691,31 +691,41 @@ def test_a_throwing_cookie_setter_does_not_stop_storage(broker: BrokerProcess, p
 def test_a_failed_or_slow_config_request_is_asked_again(
         broker: BrokerProcess, make_pool: Callable[..., dict], fresh_site: Site,
         new_visitor: Callable[[], Browser]) -> None:
-    """The first GET /v1/dni/config fails (a network error) or hangs past data-timeout: the
-    snippet asks again (after 5 s, as for sessions), and the visitor gets a tracking number
-    in the same page view."""
-    pool = make_pool(target_number=TARGET, numbers=["+15550100007", "+15550100008"])
+    """The first GET /v1/dni/config fails (a network error, a 503) or hangs past
+    data-timeout: the snippet asks again (after 5 s, as for sessions), and the visitor gets
+    a tracking number in the same page view. A 4xx (the tag names no valid pools) is final."""
+    pool = make_pool(target_number=TARGET, numbers=[f"+155501000{i:02d}" for i in range(1, 5)])
     url = fresh_site.page("/config-retry", '<p id="n">555-010-0000</p>',
                           tag(js(broker), pool["id"], timeout="800"))
-    pages = []
-    for first in ("abort", "hang"):
-        asked: list[str] = []
-
-        def config(route: object, first: str = first, asked: list[str] = asked) -> None:
+    pages = {}
+    started = time.monotonic()
+    def failing_once(first: str, asked: list[str]) -> Callable[[object], None]:
+        def config(route: object) -> None:
             asked.append(route.request.url)  # type: ignore[attr-defined]
             if len(asked) > 1:
                 route.continue_()  # type: ignore[attr-defined]
             elif first == "abort":
                 route.abort()  # type: ignore[attr-defined]
-            # "hang": never answered; the snippet gives up after data-timeout
+            elif first != "hang":  # "hang": never answered; given up after data-timeout
+                error = {"error": {"code": "some_error", "message": "..."}}
+                route.fulfill(status=int(first), json=error,  # type: ignore[attr-defined]
+                              headers={"access-control-allow-origin": "*"})
+        return config
 
+    for first in ("abort", "503", "hang", "422"):
+        asked: list[str] = []
         page = new_visitor().new_page()
-        page.route("**/v1/dni/config*", config)
+        page.route("**/v1/dni/config*", failing_once(first, asked))
         page.goto(url)
-        pages.append((page, asked))
-    for page, asked in pages:
-        expect(page.locator("#n")).to_have_text(re.compile(r"555-010-000[78]"), timeout=9000)
-        assert len(asked) == 2
+        pages[first] = (page, asked)
+    for first in ("abort", "503", "hang"):
+        page, asked = pages[first]
+        expect(page.locator("#n")).to_have_text(re.compile(r"555-010-000[1-4]"), timeout=9000)
+        assert len(asked) == 2, first
+    page, asked = pages["422"]
+    page.wait_for_timeout(max(0, 6500 - 1000 * (time.monotonic() - started)))
+    assert len(asked) == 1
+    assert page.locator("#n").inner_text() == "555-010-0000"
 
 
 def test_history_calls_cost_no_rescan(broker: BrokerProcess, pool: dict, fresh_site: Site,
