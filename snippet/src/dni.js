@@ -36,6 +36,7 @@
   if (!me) return;
   // A second tag (a theme's and a tag manager's, say): its pools join the running snippet.
   if (queued && queued.swap) return queued.add && queued.add(opt("pools"));
+
   const base = me.src.replace(/\/snippet[^/]*$/, "");
   const mode = opt("consent"); // null | "page" | "wait"
   const timeout = +opt("timeout") || 1500;
