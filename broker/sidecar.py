@@ -221,7 +221,10 @@ class Sidecar:
         """One pool's share of a pass: report ended leases, copy the outbox."""
         try:
             await self.keep_lead()
-            done["ended_reported"] += await self.end_sessions(pool_id)
+            # (each result is awaited before it is added: `done[k] += await ...` would read
+            # the total before the await, losing what the pools alongside added meanwhile)
+            ended = await self.end_sessions(pool_id)
+            done["ended_reported"] += ended
             copied = await self.copy_outbox(pool_id)
             done["copied"] += copied
             # a large backlog may overflow the retention: trim (counting what consumer

@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from broker.events import Consumer
+from broker.engine import Engine
 from broker.keys import Keys
 from broker.redisconn import PipelinedRedis
 from broker.scripts import load_scripts
@@ -312,18 +313,26 @@ def test_a_pass_over_many_pools_copies_each_outbox_in_order(own_redis):
     keys = Keys("dni")
     pools = [f"p{i:02d}" for i in range(40)]  # more than one group of POOLS_AT_ONCE
     for pool_id in pools:
-        _started(r, pool_id, 3)
+        _started(r, pool_id, 3, "outbox-{}")
 
     async def run() -> dict:
         client, scripts = await _with_pools(redis_server, *pools)
+        engine = Engine(client, keys, scripts)
+        for i, pool_id in enumerate(pools):  # and a 50 ms session each, ended by the pass
+            await engine.add_numbers(pool_id, [f"+1555010{i:04d}"])
+            r.hset(keys.pool(pool_id), "ttl_ms", 50)
+            await engine.session(pool_id, "v", "203.0.113.7\nua\n{}")
+        await asyncio.sleep(0.1)
         done = await Sidecar(client, keys, scripts).cycle()
         await client.close()
         return done
 
-    assert asyncio.run(run())["copied"] == 120
+    # the pass's totals too (the pools worked on alongside each other add to them)
+    assert asyncio.run(run()) == {"copied": 40 * 5, "ended_reported": 40}
     copied: dict[bytes, list[bytes]] = {}
     for _, f in r.xrange(keys.sessions_stream()):
-        copied.setdefault(f[b"pool_id"], []).append(f[b"session_id"])
+        if f[b"session_id"].startswith(b"outbox-"):
+            copied.setdefault(f[b"pool_id"], []).append(f[b"session_id"])
     assert sorted(copied) == [p.encode() for p in pools]
     assert all(ids == sorted(ids) and len(set(ids)) == 3 for ids in copied.values())
     assert all(r.xlen(keys.outbox(p)) == 0 for p in pools)
