@@ -217,8 +217,9 @@ class Sidecar:
         await self._count("trimmed", excess)
         await self._count("trim_dropped_pending", dropped_pending)
 
-    async def _pool_step(self, pool_id: str, done: dict[str, int]) -> None:
-        """One pool's share of a pass: report ended leases, copy the outbox."""
+    async def _pool_step(self, pool_id: str, done: dict[str, int]) -> int:
+        """One pool's share of a pass: report ended leases, copy the outbox. Returns how
+        many entries it copied."""
         try:
             await self.keep_lead()
             # (each result is awaited before it is added: `done[k] += await ...` would read
@@ -227,11 +228,7 @@ class Sidecar:
             done["ended_reported"] += ended
             copied = await self.copy_outbox(pool_id)
             done["copied"] += copied
-            # a large backlog may overflow the retention: trim (counting what consumer
-            # groups had not read) before copying on; else once, after the pass
-            if copied and await self.redis.execute(
-                    "XLEN", self.keys.sessions_stream()) > SAFETY_CAP * self.maxlen:
-                await self.check_retention(self.keys.sessions_stream())
+            return copied
         except NotLeader:
             raise
         except RedisUnavailable as exc:
@@ -245,6 +242,7 @@ class Sidecar:
             self._outage.warn("sidecar: pool %s: %s", pool_id, exc)  # say the same
         except Exception:  # noqa: BLE001 - one pool's failure must not stop the others
             log.exception("sidecar: pool %s failed; going on with the others", pool_id)
+        return 0
 
     async def cycle(self) -> dict[str, int]:
         """One pass over every pool. Returns what it did."""
@@ -254,8 +252,14 @@ class Sidecar:
         # A few pools at a time: their commands share the connection's writes and reads
         # (a pass over 10,000 idle pools one by one took most of a second)
         for i in range(0, len(pool_ids), POOLS_AT_ONCE):
-            await asyncio.gather(*(self._pool_step(pool_id, done)
-                                   for pool_id in pool_ids[i:i + POOLS_AT_ONCE]))
+            copied = await asyncio.gather(*(self._pool_step(pool_id, done)
+                                            for pool_id in pool_ids[i:i + POOLS_AT_ONCE]))
+            # a large backlog may overflow the retention: trim (counting what consumer
+            # groups had not read) before copying on, once per group of pools (checks
+            # running alongside would each count the same trim); else once, after the pass
+            if any(copied) and await self.redis.execute(
+                    "XLEN", self.keys.sessions_stream()) > SAFETY_CAP * self.maxlen:
+                await self.check_retention(self.keys.sessions_stream())
         # Deleted pools: no script writes to their outbox any more (every one checks the
         # pool exists first), so once it is copied it can go.
         draining = self.keys.draining_pools()

@@ -361,6 +361,28 @@ def test_copying_past_the_retention_warns_about_unread_entries(own_redis):
     assert stats["trimmed"] == 700 and stats["trim_dropped_pending"] == 700
 
 
+def test_a_backlog_in_many_pools_counts_each_trimmed_entry_once(own_redis):
+    """Pools are worked on a few at a time: the retention trim that a backlog calls for
+    is counted once, not once per pool that copied alongside."""
+    redis_server, r = own_redis  # no other broker's sidecar leads here
+    keys = Keys("dni")
+    r.xgroup_create(keys.sessions_stream(), "slow", id="0", mkstream=True)
+    pools = [f"p{i:02d}" for i in range(16)]
+    for pool_id in pools:
+        _started(r, pool_id, 300)
+
+    async def run() -> dict:
+        client, scripts = await _with_pools(redis_server, *pools)
+        done = await Sidecar(client, keys, scripts, maxlen=200).cycle()
+        await client.close()
+        return done
+
+    assert asyncio.run(run())["copied"] == 4800
+    assert r.xlen(keys.sessions_stream()) == 200
+    stats = {k.decode(): int(v) for k, v in r.hgetall(keys.sidecar_stats()).items()}
+    assert stats["trimmed"] == 4600 and stats["trim_dropped_pending"] == 4600
+
+
 def test_a_pass_longer_than_the_lease_keeps_it_and_copies_once(own_redis):
     """A sidecar whose pass outlasts its leader lease renews it as it goes, so a second
     sidecar never copies the same outbox alongside: every entry once, in order."""
