@@ -29,10 +29,9 @@
  */
 (() => {
   const d = document;
-  const w = window;
   const me = d.currentScript || d.querySelector("script[data-pools]");
-  const queued = w.dni;
-  const opt = (name) => me.getAttribute("data-" + name);
+  const queued = window.dni;
+  const opt = (name) => me.dataset[name] || ""; // data-<name>: every name is one word
   if (!me) return;
   // A second tag (a theme's and a tag manager's, say): its pools join the running snippet.
   if (queued && queued.swap) return queued.add && queued.add(opt("pools"));
@@ -49,16 +48,17 @@
   const href = (performance.getEntriesByType("navigation")[0] || {}).name || location.href;
   // Hidden since `at` for longer than data-idle: beats stop (a tab left in the background).
   const lapsed = (at) => at && Date.now() - at > idleMs;
-  const hideUntil = Date.now() + Math.min(+opt("hide") || 0, 3000);
-  const BEAT = "heartbeat";
+  const hideUntil = Date.now() + Math.min(opt("hide"), 3000); // NaN: never hidden
   const TAGS = "utm_source utm_medium utm_campaign utm_term utm_content gclid fbclid msclkid"
     .split(" ");
 
   let allowed = !mode; // may the snippet read and write storage?
   let visitor; // visitor id
   let source; // attribution fields of this visit
-  let pools = []; // {id, cc, len, seen: [E.164...], to, re, ours, found, asked, fails,
-  //                   hidden, timer, sid}
+  // {id, cc, ns (numbers, E.164: the page's, then those shown), to, re (the page's number),
+  //  re2 (the earlier ones), on (the target is on the page), nr (session requests made),
+  //  nf (failures in a row), hidden, tm (timer), sid}
+  let pools = [];
   let started; // the config was asked for
 
   const noop = () => {};
@@ -75,7 +75,7 @@
     const ctl = new AbortController();
     setTimeout(() => ctl.abort(), timeout);
     return fetch(base + "/v1/dni/" + path, {method: body && "POST",
-      body: body && JSON.stringify(body), keepalive: path == BEAT, signal: ctl.signal})
+      body: body && JSON.stringify(body), keepalive: path == "heartbeat", signal: ctl.signal})
       .then((res) => {
         if (!res.ok) throw res.status;
         return res.json();
@@ -135,7 +135,9 @@
   const render = (p, match) => {
     const nat = digits(p.to).slice(p.cc.length);
     let k = nat.length - digits(match).length; // < 0: leading digits that stay (+1, 0)
-    return nat.length != p.len ? p.to : match.replace(/\d/g, (c) => k++ < 0 ? c : nat[k - 1]);
+    // (a number of another length than the page's, both E.164: written as it is)
+    return p.to.length != p.ns[0].length ? p.to
+      : match.replace(/\d/g, (c) => k++ < 0 ? c : nat[k - 1]);
   };
 
   const hide = (p, el) => {
@@ -164,12 +166,12 @@
   // ours: whether the snippet wrote into it before).
   const rewrite = (value, el, ours) => {
     pools.forEach((p) => {
-      [p.re, ours && p.ours].forEach((re) => {
+      [p.re, ours && p.re2].forEach((re) => {
         if (re) value = value.replace(re, (m, before, num) => {
           // :read-write: textareas, inputs, contenteditable (what the visitor types stays)
           if (!el || el.closest("[data-dni-noswap],script,style,noscript,:read-write")) return m;
           if (p.to) return before + render(p, num);
-          p.found = 1; // the target is on the page: a session is worth asking for
+          p.on = 1; // the target is on the page: a session is worth asking for
           hide(p, el);
           return m;
         });
@@ -219,11 +221,11 @@
   // Show `number` (E.164) wherever the pool's target is, and where the snippet showed an
   // earlier number of this pool.
   const show = (p, number) => {
-    p.seen.includes(number) || p.seen.push(number);
+    p.ns.includes(number) || p.ns.push(number);
     p.to = number;
     const other = (n) => n != number;
-    p.re = any(p, [p.seen[0]].filter(other));
-    p.ours = any(p, p.seen.slice(1).filter(other));
+    p.re = any(p, [p.ns[0]].filter(other));
+    p.re2 = any(p, p.ns.slice(1).filter(other));
     unhide(p);
     scan(d);
   };
@@ -232,29 +234,29 @@
     if (lapsed(hiddenAt)) return; // a retry in a tab left in the background: not now
     // Counts the requests: only the answer to the latest one is used (after consent the
     // visitor can change while a request for the page view's visitor is on its way).
-    const n = p.asked = -~p.asked; // + 1, from undefined too
+    const n = p.nr = -~p.nr; // + 1, from undefined too
     call("session", {pool_id: p.id, visitor_id: visitor, ...source})
       .then((res) => {
-        if (n != p.asked) return;
-        clearInterval(p.timer);
-        p.fails = 0;
+        if (n != p.nr) return;
+        clearInterval(p.tm);
+        p.nf = 0;
         p.sid = res.session_id;
         const every = (beatS || res.heartbeat_s || 60) * 1e3;
         // A session: keep it alive. The pool was full (fallback, unavailable): ask again
         // as often, so the visitor gets a tracking number once one is free.
-        if (p.sid) p.timer = setInterval(() => beat(p), every);
-        else if (res.status != "excluded") p.timer = setTimeout(safe(() => session(p)), every);
+        if (p.sid) p.tm = setInterval(() => beat(p), every);
+        else if (res.status != "excluded") p.tm = setTimeout(safe(() => session(p)), every);
         // new, reused, fallback: the number given; unavailable, excluded: the page's own.
-        show(p, /^(new|reused|fallback)$/.test(res.status) && res.number || p.seen[0]);
-      }, (e) => n == p.asked && fail(p, e))
+        show(p, /^(new|reused|fallback)$/.test(res.status) && res.number || p.ns[0]);
+      }, (e) => n == p.nr && fail(p, e))
       .catch(noop);
   };
 
   // The broker failed or was slow: show the page's number, and ask again later. A pool it
   // does not know (404: deleted since the config was read) is dropped for the page view.
   const fail = (p, e) => {
-    clearInterval(p.timer);
-    show(p, p.seen[0]);
+    clearInterval(p.tm);
+    show(p, p.ns[0]);
     if (e == 404) pools = pools.filter((q) => q != p);
     else later(p, () => session(p));
   };
@@ -262,11 +264,11 @@
   // Run `fn` again after a failure of `o`'s request: after 5 s, then 5 s longer each time,
   // at most every minute.
   const later = (o, fn) =>
-    o.timer = setTimeout(safe(fn), Math.min(5e3 * (o.fails = -~o.fails), 6e4)); // + 1
+    o.tm = setTimeout(safe(fn), Math.min(5e3 * (o.nf = -~o.nf), 6e4)); // + 1
 
   const beat = safe((p) => {
     if (lapsed(hiddenAt)) return;
-    call(BEAT, {pool_id: p.id, visitor_id: visitor, session_id: p.sid})
+    call("heartbeat", {pool_id: p.id, visitor_id: visitor, session_id: p.sid})
       .then((res) => res.status == "expired" && session(p), (e) => e == 404 && fail(p, e))
       .catch(noop);
   });
@@ -278,7 +280,7 @@
     ask();
   });
 
-  const ask = () => pools.forEach((p) => p.found && !p.asked && session(p));
+  const ask = () => pools.forEach((p) => p.on && !p.nr && session(p));
 
   // Ask for the config of the pools in `ids` (comma-separated); while that fails (the
   // broker is down or slow), ask again on the session requests' schedule.
@@ -288,8 +290,7 @@
         const c = res.pools[id];
         const t = c.target_number;
         if (!t || pools.some((q) => q.id == id)) continue; // no target, or already here
-        const p = {id, cc: "" + (c.country_code || 1), seen: [t], hidden: []};
-        p.len = digits(t).length - p.cc.length;
+        const p = {id, cc: "" + (c.country_code || 1), ns: [t], hidden: []};
         p.re = any(p, [t]);
         pools.push(p);
       }
@@ -303,7 +304,7 @@
     records.forEach((m) => m.type == "childList" ? m.addedNodes.forEach(scan) : scan(m.target));
     ask();
   }));
-  const WATCH = {childList: true, subtree: true, characterData: true, attributeFilter: ["href"]};
+  const WATCH = {childList: 1, subtree: 1, characterData: 1, attributeFilter: ["href"]};
 
   // Once, after the first config answer: watch the page and the tab.
   let init = () => {
@@ -316,8 +317,8 @@
     // sites call replaceState on every scroll step: a rescan each time would jank them.)
     // Back from the back/forward cache: timers were frozen, check the session now.
     // (a pool without a session asks again: its retries stopped while lapsed)
-    const check = () => pools.forEach((p) => p.asked && (p.sid ? beat : session)(p));
-    w.addEventListener("pageshow", (e) => e.persisted && check());
+    const check = () => pools.forEach((p) => p.nr && (p.sid ? beat : session)(p));
+    addEventListener("pageshow", (e) => e.persisted && check());
     // Shown again after its beats stopped: check the session (a new one if it lapsed).
     d.addEventListener("visibilitychange", () => {
       const at = hiddenAt;
@@ -326,15 +327,15 @@
     });
   };
 
-  let ids = opt("pools") || ""; // the pools to load once started
+  let ids = opt("pools"); // the pools to load once started
   const start = () => started || (started = load(ids));
 
-  const api = w.dni = {
+  const api = window.dni = {
     consent: safe(() => {
       allowed = 1;
       // The stored visitor may differ from this page view's: ask again (reused if not).
       ident();
-      pools.forEach((p) => p.asked && session(p));
+      pools.forEach((p) => p.nr && session(p));
       start();
     }),
     // Consent withdrawn: forget the stored visitor and store nothing more on this page.
