@@ -182,7 +182,8 @@
 
   const text = (node) => {
     const v = node.nodeValue;
-    const r = rewrite(v, node.parentElement, mine.has(node));
+    // text placed directly in a shadow root belongs to its host
+    const r = rewrite(v, node.parentElement || node.getRootNode().host, mine.has(node));
     if (r != v) node.nodeValue = r, mine.add(node);
   };
 

@@ -882,3 +882,29 @@ def test_a_page_with_coep_require_corp_loads_the_plain_tag(broker: BrokerProcess
     page.goto(fresh_site.page("/coep", '<p id="n">555-010-0000</p>', tag(js(broker), pool["id"]),
                               headers={"cross-origin-embedder-policy": "require-corp"}))
     expect(page.locator("#n")).to_have_text("555-010-0007")
+
+
+def test_text_placed_directly_in_a_shadow_root_is_swapped(broker: BrokerProcess, pool: dict,
+                                                         fresh_site: Site,
+                                                         visitor: Browser) -> None:
+    """A component that renders its text straight into its open shadow root, with no
+    element around it (Lit's html`Call ${phone}`): the number is swapped, and it alone
+    starts the session (it is the only place the number is on the page)."""
+    body = """<phone-a id="x"></phone-a>
+      <script>
+        customElements.define("phone-a", class extends HTMLElement {
+          constructor() {
+            super();
+            this.attachShadow({mode: "open"}).append("Call us: 555-010-0000");
+          }
+        });
+      </script>"""
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/shadow-text", body, tag(js(broker), pool["id"])))
+    page.wait_for_function(
+        "document.getElementById('x').shadowRoot.textContent == 'Call us: 555-010-0007'")
+    page.evaluate("""() => document.getElementById("x").shadowRoot.firstChild.nodeValue =
+                  "Sales 555.010.0000" """)  # changed later: the observer's
+    page.wait_for_function(
+        "document.getElementById('x').shadowRoot.textContent == 'Sales 555.010.0007'")
+    assert len(visitor.posts("/v1/dni/session", 1)) == 1
