@@ -70,16 +70,18 @@
   };
 
   // GET /v1/dni/<path> (no body) or POST, the body as text/plain: a simple request, no
-  // preflight. Given up after `timeout` ms; an HTTP error rejects with its status.
+  // preflight. Given up after `timeout` ms. An HTTP error with the broker's error body
+  // rejects with its status, or with `true` for its 404 pool_not_found; any other (a
+  // proxy's own 404 page, say) rejects as a network error does.
   const call = (path, body) => {
     const ctl = new AbortController();
     setTimeout(() => ctl.abort(), timeout);
     return fetch(base + "/v1/dni/" + path, {method: body && "POST",
       body: body && JSON.stringify(body), keepalive: path == "heartbeat", signal: ctl.signal})
-      .then((res) => {
-        if (!res.ok) throw res.status;
-        return res.json();
-      });
+      .then((res) => res.json().then((b) => {
+        if (!res.ok) throw b.error.code == "pool_not_found" || res.status;
+        return b;
+      }));
   };
 
   // ---- visitor and attribution -------------------------------------------------------
@@ -254,11 +256,12 @@
   };
 
   // The broker failed or was slow: show the page's number, and ask again later. A pool it
-  // does not know (404: deleted since the config was read) is dropped for the page view.
+  // does not know (its 404 pool_not_found: deleted since the config was read) is dropped
+  // for the page view.
   const fail = (p, e) => {
     clearInterval(p.tm);
     show(p, p.ns[0]);
-    if (e == 404) pools = pools.filter((q) => q != p);
+    if (e === true) pools = pools.filter((q) => q != p);
     else later(p, () => session(p));
   };
 
@@ -270,7 +273,7 @@
   const beat = safe((p) => {
     if (lapsed(hiddenAt)) return;
     call("heartbeat", {pool_id: p.id, visitor_id: visitor, session_id: p.sid})
-      .then((res) => res.status == "expired" && session(p), (e) => e == 404 && fail(p, e))
+      .then((res) => res.status == "expired" && session(p), (e) => e === true && fail(p, e))
       .catch(noop);
   });
 

@@ -908,3 +908,55 @@ def test_text_placed_directly_in_a_shadow_root_is_swapped(broker: BrokerProcess,
     page.wait_for_function(
         "document.getElementById('x').shadowRoot.textContent == 'Sales 555.010.0007'")
     assert len(visitor.posts("/v1/dni/session", 1)) == 1
+
+
+TRACKING = re.compile(r"555-010-000[1-3]")
+PROXY_404 = {"status": 404, "body": "<html><body>404 page not found</body></html>",
+             "content_type": "text/html", "headers": {"access-control-allow-origin": "*"}}
+
+
+def test_a_404_that_is_not_the_brokers_is_a_failure_like_any_other(
+        broker: BrokerProcess, make_pool: Callable[..., dict], fresh_site: Site,
+        new_visitor: Callable[[], Browser]) -> None:
+    """A reverse proxy's own 404 page (the broker behind it being redeployed) is not the
+    broker's 404 pool_not_found: to heartbeats, the number stays and beats go on once the
+    broker is back; to the first session or config request, it is asked again (5 s)."""
+    pool = make_pool(target_number=TARGET, numbers=[f"+155501000{i:02d}" for i in range(1, 4)])
+    body = '<p id="n">555-010-0000</p><a id="a" href="tel:+15550100000">call</a>'
+    url = fresh_site.page("/proxy-404", body, tag(js(broker), pool["id"], heartbeat="1"))
+
+    def once(asked: list[str]) -> Callable[[object], None]:
+        def answer(route: object) -> None:
+            asked.append(route.request.url)  # type: ignore[attr-defined]
+            if len(asked) > 1:
+                route.continue_()  # type: ignore[attr-defined]
+            else:
+                route.fulfill(**PROXY_404)  # type: ignore[attr-defined]
+        return answer
+
+    first: dict[str, tuple[object, list[str]]] = {}
+    for path in ("session", "config"):
+        asked: list[str] = []
+        page = new_visitor().new_page()
+        page.route(f"**/v1/dni/{path}*", once(asked))
+        page.goto(url)
+        first[path] = (page, asked)
+
+    beating = new_visitor()
+    page = beating.new_page()
+    page.goto(url)
+    expect(page.locator("#n")).to_have_text(TRACKING)
+    shown = page.locator("#n").inner_text()
+    page.route("**/v1/dni/heartbeat", lambda route: route.fulfill(**PROXY_404))
+    beating.posts("/v1/dni/heartbeat", 2)  # two beats answered by the proxy
+    page.wait_for_timeout(300)
+    page.unroute("**/v1/dni/heartbeat")
+    beats = len(beating.posts("/v1/dni/heartbeat"))
+    page.wait_for_timeout(1500)
+    assert len(beating.posts("/v1/dni/heartbeat")) > beats  # beating again
+    assert page.locator("#n").inner_text() == shown
+    assert page.locator("#a").get_attribute("href") == "tel:+1" + shown.replace("-", "")
+
+    for path, (page, asked) in first.items():
+        expect(page.locator("#n")).to_have_text(TRACKING, timeout=9000)
+        assert len(asked) == 2, path
