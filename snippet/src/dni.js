@@ -42,10 +42,12 @@
   const beatS = +opt("heartbeat");
   const idleMs = (opt("idle") || 30) * 6e4 || 1 / 0; // data-idle="0": never
   let hiddenAt = d.hidden && Date.now(); // when the tab was last hidden (falsy: shown)
-  // The address the visitor landed on, from the navigation entry: the site's own script
-  // may have cleaned it up (history.replaceState without the utm_* tags) before this one
-  // ran, or while the config was on its way.
-  const href = (performance.getEntriesByType("navigation")[0] || {}).name || location.href;
+  // The address the page shows (sent as landing_page): where a site removed a one-time
+  // token (?token_hash=, ?email=) with history.replaceState, it stays removed.
+  const href = location.href;
+  // The tags are read from the address the visitor landed on, the navigation entry's: the
+  // site's own script may have cleaned the utm_* tags away before this one ran.
+  const landed = (performance.getEntriesByType("navigation")[0] || {}).name || href;
   // Hidden since `at` for longer than data-idle: beats stop (a tab left in the background).
   const lapsed = (at) => at && Date.now() - at > idleMs;
   const hideUntil = Date.now() + Math.min(opt("hide"), 3000); // NaN: never hidden
@@ -91,7 +93,7 @@
   const ident = () => {
     let stored = {};
     const now = Date.now();
-    const params = new URL(href).searchParams;
+    const params = new URL(landed).searchParams;
     const fresh = {landing_page: cut(href, 4096)};
     let tagged;
     if (d.referrer) fresh.referrer = cut(d.referrer, 4096);

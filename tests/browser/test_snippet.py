@@ -627,7 +627,8 @@ STRIP = "history.replaceState(null, '', location.pathname)"
 def test_tags_are_read_when_the_site_cleaned_its_address_before_the_snippet_ran(
         script: str, fresh_site: Site, visitor: Browser) -> None:
     """The site strips utm_* and gclid from its address before the async snippet has even
-    run: the snippet reads the address the visitor landed on from the navigation entry."""
+    run: the snippet reads the tags from the navigation entry's address (the one the
+    visitor landed on)."""
     fresh_site.config = {"pools": {"p1": {"target_number": TARGET, "heartbeat_s": 60}}}
     page = visitor.new_page()
     url = fresh_site.page("/strip", '<p id="n">555-010-0000</p>' + script,
@@ -636,7 +637,8 @@ def test_tags_are_read_when_the_site_cleaned_its_address_before_the_snippet_ran(
     assert page.evaluate("location.search") == ""  # cleaned before the snippet came
     (body, *_) = visitor.posts("/v1/dni/session", 1)
     assert (body.get("utm_source"), body.get("gclid")) == ("google", "abc")
-    assert body["landing_page"].endswith("/strip?utm_source=google&gclid=abc")
+    # landing_page is the address the page showed when the snippet ran: the site's own
+    assert body["landing_page"].endswith("/strip")
 
 
 def test_a_full_pool_is_asked_again_when_a_lapsed_tab_is_shown(
@@ -960,3 +962,22 @@ def test_a_404_that_is_not_the_brokers_is_a_failure_like_any_other(
     for path, (page, asked) in first.items():
         expect(page.locator("#n")).to_have_text(TRACKING, timeout=9000)
         assert len(asked) == 2, path
+
+
+def test_landing_page_is_the_address_the_page_shows(fresh_site: Site,
+                                                    visitor: Browser) -> None:
+    """A site removes a one-time login token (?token_hash=, ?email=) and the tags from its
+    address before any tag runs: the tags are still read from the navigation entry, but
+    landing_page, sent and stored, is the cleaned address: the token never leaves."""
+    fresh_site.config = {"pools": {"p1": {"target_number": TARGET, "heartbeat_s": 60}}}
+    head = ("<script>history.replaceState(null, '', location.pathname)</script>"
+            + tag(fresh_site.url + "/fake/status:excluded/snippet.js", "p1"))
+    page = visitor.new_page()
+    url = fresh_site.page("/login", '<p id="n">555-010-0000</p>', head)
+    page.goto(url + "?utm_source=mail&token_hash=SECRET123&email=jane%40example.com")
+    (body, *_) = visitor.posts("/v1/dni/session", 1)
+    assert body["utm_source"] == "mail"
+    assert body["landing_page"] == url
+    stored = page.evaluate("localStorage.dni")
+    assert "SECRET123" not in stored and "jane" not in stored
+    assert "SECRET123" not in str(body)
