@@ -333,8 +333,10 @@
     });
   };
 
-  let ids = opt("pools"); // the pools to load once started
-  const start = () => started || (started = load(ids));
+  // The pools to load once started, one config request for each tag's: one tag's bad id
+  // (a 422, final) leaves the other's pools working.
+  const ids = [opt("pools")];
+  const start = () => started || (started = ids.map((i) => load(i)));
 
   const api = window.dni = {
     consent: safe(() => {
@@ -352,7 +354,7 @@
     }),
     swap: () => started && run(),
     // A second tag's pools: loaded now, or with the others once started.
-    add: safe((more) => started ? load(more) : ids += "," + more),
+    add: safe((more) => started ? load(more) : ids.push(more)),
     // the queue's own method, for calls made after the snippet loaded
     push: (name) => api[name] && api[name](),
   };

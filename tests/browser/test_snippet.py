@@ -981,3 +981,25 @@ def test_landing_page_is_the_address_the_page_shows(fresh_site: Site,
     stored = page.evaluate("localStorage.dni")
     assert "SECRET123" not in stored and "jane" not in stored
     assert "SECRET123" not in str(body)
+
+
+@pytest.mark.parametrize("second", ["{{pool_id}}", ",".join(f"p{i:015x}" for i in range(21))],
+                         ids=["unrendered-id", "21-pools"])
+def test_under_consent_wait_a_bad_second_tag_leaves_the_first_working(
+        second: str, broker: BrokerProcess, pool: dict, fresh_site: Site,
+        visitor: Browser) -> None:
+    """Under data-consent="wait", a second tag whose pools the broker refuses (an
+    unrendered {{pool_id}}, or more than 20 pools: a 422, final) gets its own config
+    request: the first tag's pool still works after consent."""
+    body = ('<p id="n">555-010-0000</p>'
+            "<script>addEventListener('load', () => setTimeout(() => {"
+            "const s = document.createElement('script');"
+            f"s.src = '{js(broker)}'; s.dataset.pools = '{second}';"
+            "document.body.append(s); }, 100))</script>")
+    page = visitor.new_page()
+    page.goto(fresh_site.page("/wait-bad-second", body,
+                              tag(js(broker), pool["id"], consent="wait")))
+    page.wait_for_function("document.querySelectorAll('script[data-pools]').length == 2")
+    page.wait_for_timeout(300)
+    page.evaluate("window.dni.consent()")
+    expect(page.locator("#n")).to_have_text("555-010-0007")
