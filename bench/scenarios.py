@@ -208,7 +208,7 @@ async def _admin_sizing(redis_url: str, pool_id: str, statuses: dict, blocked: l
     from broker.keys import Keys
     from broker.redisconn import PipelinedRedis
     from broker.scripts import load_scripts
-    from broker.sidecar import tally_ended
+    from broker.sidecar import outbox_records, tally_ended
     from broker.stats import BUCKET_TTL_S, FIELDS, HOUR_MS, PRESSURE_PCT, pool_stats
 
     conn = PipelinedRedis(redis_url)
@@ -221,9 +221,7 @@ async def _admin_sizing(redis_url: str, pool_id: str, statuses: dict, blocked: l
             # no sidecar runs here: tally the lease lengths of the sessions that ended (in
             # the outbox, reported by the sampler's end_sessions) as it would
             entries = await conn.execute("XRANGE", keys.outbox(pool_id), "-", "+")
-            await asyncio.gather(*tally_ended(conn, keys, pool_id, [
-                {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
-                for _, raw in entries]))
+            await asyncio.gather(*tally_ended(conn, keys, pool_id, outbox_records(entries)))
         counts = {f: statuses[f] for f in FIELDS if statuses.get(f)}
         if counts:
             await engine.record_counts(pool_id, int(time.time() // 60), counts, BUCKET_TTL_S,

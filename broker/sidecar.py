@@ -63,6 +63,11 @@ def consumer_fields(raw: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def outbox_records(entries: list[Any]) -> list[dict[str, str]]:
+    """XRANGE entries of an outbox as dicts of their fields."""
+    return [{_s(raw[i]): _s(raw[i + 1]) for i in range(0, len(raw), 2)} for _, raw in entries]
+
+
 def tally_ended(redis: Any, keys: Keys, pool_id: str,
                 records: list[dict[str, str]]) -> list[Awaitable[Any]]:
     """The writes adding the `session.ended` records' lease lengths to the pool's minute
@@ -138,8 +143,7 @@ class Sidecar:
             entries = await self.redis.execute("XRANGE", outbox, "-", "+", "COUNT", BATCH)
             if not entries:
                 return copied
-            records = [{_s(raw[i]): _s(raw[i + 1]) for i in range(0, len(raw), 2)}
-                       for _, raw in entries]
+            records = outbox_records(entries)
             batch = [[x for kv in consumer_fields(rec).items() for x in kv] for rec in records]
             # Still the leader, right before writing (which renews the lease): one that
             # stalled past its lease after reading the batch (a long pause) must not copy

@@ -166,11 +166,12 @@ async def pool_stats(engine: Engine, pool_id: str, heartbeat_s: int,
     new_per_min = [int(b[0]) if b[0] is not None else 0 for b in buckets[:60]]
     # spans shorter than the current one (the pool's age, when younger) are left out: a
     # few minutes of a young pool's life would make a noisy rate
-    shortest = min(14 * 60, span_s(0, BUSY_MINUTES - 1))
-    rates = [(sum(new_per_min[a:b + 1]) + blocked) / span_s(a, b)
-             for (a, b), blocked in zip(spans, blocked_in)]
+    lengths = [span_s(a, b) for a, b in spans]
+    shortest = min(14 * 60, lengths[1])
+    rates = [(sum(new_per_min[a:b + 1]) + blocked) / length
+             for (a, b), blocked, length in zip(spans, blocked_in, lengths)]
     blocked, rate_hour = blocked_in[0], rates[0]
-    rate = max(r for r, (a, b) in zip(rates[1:], spans[1:]) if span_s(a, b) >= shortest)
+    rate = max(r for r, length in zip(rates[1:], lengths[1:]) if length >= shortest)
     ttl_s = ttl_ms / 1000
     if hour["ended"]:  # the leases themselves: page views, tabs and beats all counted
         holding_s = hour["held_ms"] / hour["ended"] / 1000
